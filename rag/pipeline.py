@@ -397,7 +397,7 @@ class RAG:
                 under = any(src == r or src.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
                 if under and src not in seen and not os.path.exists(src):
                     removed_sources.append(src)
-        if not loaded and not removed_sources:
+        if not loaded and not removed_sources and base is not None:
             report.changed = False
             if base is not None:
                 report.total_documents = base.manifest["counts"]["documents"]

@@ -169,7 +169,7 @@ class IndexStore:
         ids = snap.docstore.chunk_ids()
         if not np.array_equal(np.sort(snap.sparse.ids), ids):
             raise IndexFormatError(str(snap.gen_dir / SPARSE), "BM25 chunk ids differ from the docstore's")
-        dense_ids = snap.dense.ids()
+        dense_ids = snap.dense.ids
         if dense_ids is not None and not np.array_equal(np.sort(dense_ids), ids):
             raise IndexFormatError(str(snap.gen_dir / DENSE), "FAISS ids differ from the docstore's")
 

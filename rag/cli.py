@@ -1,0 +1,615 @@
+"""The ``rag`` command line. Thin: parse, call the library, print text or ``--json``.
+
+Exit codes: 0 ok, 1 user error (bad input, damaged index, every file failed), 2 usage error.
+Errors are one line on stderr, never a traceback (``RAG_DEBUG=1`` shows tracebacks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+DEFAULT_INDEX = "indexes/default"
+
+
+class UserError(click.ClickException):
+    exit_code = 1
+
+    def show(self, file=None) -> None:  # one line, no "Error:" decoration from click
+        click.echo(f"rag: error: {self.message}", err=True)
+
+
+def _fail(msg: str) -> None:
+    raise UserError(msg)
+
+
+def _config(ctx: click.Context, overrides: dict[str, dict[str, Any]] | None = None):
+    from .config import RagConfig
+
+    path = ctx.obj.get("config_path") if ctx.obj else None
+    cfg = RagConfig.load(path) if path else RagConfig()
+    explicit = bool(path)
+    if overrides:
+        clean = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
+        clean = {s: kv for s, kv in clean.items() if kv}
+        if clean:
+            cfg = cfg.updated(clean)
+            explicit = explicit or "embedding" in clean
+    return cfg, explicit
+
+
+def _open(ctx, index: str, overrides=None, create: bool = False, **kw):
+    """Open (or, for ingest, create) the index with config file + flag overrides.
+
+    The index's own settings (embedder, chunking, BM25) come from its manifest unless the user
+    set them explicitly; retrieval and generation settings always come from file and flags.
+    """
+    from .pipeline import RAG
+
+    cfg, explicit = _config(ctx, overrides)
+    rag = (RAG.create if create else RAG.open)(index, cfg if explicit else None, **kw)
+    if not explicit:
+        if rag.store.exists():
+            rag.config = rag.config.updated({k: v for k, v in cfg.to_dict().items() if k in ("retrieval", "generation")})
+        else:
+            rag.config = cfg
+    return rag
+
+
+def _parse_filters(filters: tuple[str, ...]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for f in filters:
+        if "=" not in f:
+            raise click.BadParameter(f"{f!r} is not KEY=VALUE", param_hint="--filter")
+        k, v = f.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise click.BadParameter(f"{f!r} has an empty key", param_hint="--filter")
+        val: Any = v
+        if v.isdigit():
+            val = int(v)
+        if k in out:
+            prev = out[k] if isinstance(out[k], list) else [out[k]]
+            out[k] = prev + [val]
+        else:
+            out[k] = val
+    return out or None
+
+
+def _principals(groups: tuple[str, ...]) -> list[str] | None:
+    return list(groups) if groups else None
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (defaults < file < flags).")
+@click.option("-v", "--verbose", count=True, help="Log progress details to stderr (-vv for debug).")
+@click.version_option("0.1.0", prog_name="rag")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Local retrieval-augmented generation: ingest documents, search them, ask cited questions."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="rag: %(message)s")
+
+
+index_option = click.option("--index", default=DEFAULT_INDEX, show_default=True, help="Index folder.")
+
+
+# ---- ingest ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@index_option
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--hidden", is_flag=True, help="Also walk hidden files and folders.")
+@click.option("--sync", is_flag=True, help="Also remove indexed files under PATHS that no longer exist.")
+@click.option("--no-dedup", is_flag=True, help="Keep exact and near-duplicate documents and chunks.")
+@click.option("--acl", multiple=True, help="Access group for every document of this run (repeatable).")
+@click.option("--redact", default="", help="PII to replace before indexing: comma list of emails,phones,cards.")
+@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.option("--id-field", default=None, help="Record id field for csv/jsonl/json.")
+@click.option("--title-field", default=None, help="Record title field for csv/jsonl/json.")
+@click.option("--text-field", default=None, help="Record text field for csv/jsonl/json.")
+@click.option("--metadata-field", multiple=True, help="Record field copied into metadata (repeatable).")
+@click.option("--max-file-mb", type=float, default=50.0, show_default=True, help="Skip files larger than this.")
+@click.option("--chunk-size", type=int, default=None, help="Chunk size in embedder word pieces.")
+@click.option("--chunk-overlap", type=int, default=None, help="Chunk overlap in word pieces.")
+@click.option("--embedder", default=None, help="Sentence-transformers folder or name (default: packaged all-MiniLM-L6-v2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def ingest(ctx, paths, index, include, exclude, hidden, sync, no_dedup, acl, redact, wait_s, id_field, title_field,
+           text_field, metadata_field, max_file_mb, chunk_size, chunk_overlap, embedder, as_json):
+    """Load, chunk, deduplicate, embed and index PATHS (files or folders)."""
+    from .loaders import LoaderOptions
+
+    kinds = [k.strip() for k in redact.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in ("emails", "phones", "cards")]
+    if bad:
+        raise click.BadParameter(f"unknown kind {bad[0]!r} (choose from emails, phones, cards)", param_hint="--redact")
+    overrides = {"chunking": {"chunk_size_tokens": chunk_size, "chunk_overlap_tokens": chunk_overlap},
+                 "embedding": {"model": embedder}, "dedup": {"enabled": False if no_dedup else None}}
+    rag = _open(ctx, index, overrides, create=True)
+    if no_dedup:
+        rag.config = rag.config.updated({"dedup": {"enabled": False}})
+    opts = LoaderOptions(include=tuple(include), exclude=tuple(exclude), include_hidden=hidden,
+                         max_file_bytes=int(max_file_mb * 2**20), id_field=id_field, title_field=title_field,
+                         text_field=text_field, metadata_fields=tuple(metadata_field))
+    progress = _progress_bar() if (sys.stderr.isatty() and not as_json) else None
+    try:
+        report = rag.ingest(list(paths), sync=sync, acl=list(acl), redact=kinds, loader_options=opts, wait_s=wait_s,
+                            progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _print_ingest(report)
+    if report.failed:
+        sys.exit(1)
+
+
+class _progress_bar:
+    """tqdm bars on stderr, one per stage."""
+
+    def __init__(self):
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="chunk" if stage == "embedding" else "file",
+                                          file=sys.stderr, leave=False)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+
+
+def _print_ingest(r) -> None:
+    from .pipeline import display_source
+
+    if r.skipped:
+        click.echo(f"Skipped {len(r.skipped)} file(s):")
+        for s in r.skipped:
+            click.echo(f"  {display_source(s['source'])}: {s['reason']}")
+    docs_dups = [d for d in r.duplicates if d["level"] == "document"]
+    chunk_dups = [d for d in r.duplicates if d["level"] == "chunk"]
+    for d in docs_dups:
+        click.echo(f"  duplicate ({d['kind']}, {d['similarity']:.2f}): {display_source(d['key'])} ~ kept {display_source(d['kept_key'])}")
+    if r.files_removed:
+        click.echo(f"Removed {len(r.files_removed)} file(s) from the index:")
+        for s in r.files_removed:
+            click.echo(f"  {display_source(s)}")
+    if not r.changed and r.files_seen and not r.failed:
+        state = "nothing changed"
+    elif r.failed:
+        state = "every file failed"
+    elif r.files_seen == 0:
+        state = "no documents found"
+    else:
+        state = "ok"
+    click.echo(
+        f"Ingest {state}: {r.files_seen} file(s) seen, {r.files_ingested} ingested, {r.files_unchanged} unchanged, "
+        f"{len(r.skipped)} skipped; {r.documents} document(s), {r.chunks_added} chunk(s) added "
+        f"({r.chunks_embedded} embedded, {r.chunks_from_cache} from cache), {r.chunks_removed} removed; "
+        f"{len(docs_dups)} duplicate document(s) and {len(chunk_dups)} duplicate chunk(s) dropped; "
+        f"index {r.index_dir}: {r.total_documents} documents, {r.total_chunks} chunks; {r.seconds:.1f} s")
+
+
+# ---- search / ask ---------------------------------------------------------------------------
+filter_option = click.option("--filter", "filters", multiple=True,
+                             help="KEY=VALUE metadata filter, e.g. source='docs/*.md' (repeatable, AND).")
+as_option = click.option("--as", "groups", multiple=True, help="Caller's access group (repeatable).")
+
+
+@cli.command()
+@click.argument("query")
+@index_option
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default=None, help="Retriever (default hybrid).")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--fusion", type=click.Choice(["rrf", "convex"]), default=None, help="Hybrid fusion method.")
+@click.option("--rerank", default=None, help="Cross-encoder folder or name to rerank the fused top-N.")
+@filter_option
+@as_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def search(ctx, query, index, mode, top_k, fusion, rerank, filters, groups, as_json):
+    """Print the chunks that best match QUERY, with score, source and snippet."""
+    from .pipeline import display_source
+
+    rag = _open(ctx, index, {"retrieval": {"fusion": fusion, "reranker": rerank}})
+    hits = rag.search(query, top_k=top_k, mode=mode, filters=_parse_filters(filters), principals=_principals(groups))
+    if as_json:
+        _emit_json({"query": query, "mode": mode or rag.config.retrieval.mode, "hits": [_hit_json(h) for h in hits],
+                    "timings": rag.retriever.last_timings})
+        return
+    if not hits:
+        click.echo("No matching chunks.")
+    for h in hits:
+        c = h.chunk
+        where = display_source(c.source)
+        if c.metadata.get("record_id"):
+            where += f"#{c.metadata['record_id']}"
+        if c.page:
+            where += f" p.{c.page}"
+        if c.heading_path:
+            where += " > " + " > ".join(c.heading_path)
+        snippet = " ".join(c.text.split())[:200]
+        click.echo(f"{h.rank:>2}. {h.score:.4f}  {where}" + (f"  [{c.title}]" if c.title else ""))
+        click.echo(f"    {snippet}")
+
+
+def _hit_json(h) -> dict[str, Any]:
+    from .pipeline import display_source
+
+    c = h.chunk
+    return {"rank": h.rank, "score": h.score, "chunk_id": c.id, "doc_id": c.doc_id, "source": display_source(c.source),
+            "title": c.title, "page": c.page, "heading_path": list(c.heading_path), "start": c.start, "end": c.end,
+            "dense_score": h.dense_score, "dense_rank": h.dense_rank, "sparse_score": h.sparse_score,
+            "sparse_rank": h.sparse_rank, "rerank_score": h.rerank_score, "metadata": c.metadata, "text": c.text}
+
+
+def _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url):
+    return {"generation": {"backend": generator, "model": model, "max_new_tokens": max_new_tokens,
+                           "temperature": temperature, "seed": seed, "base_url": base_url}}
+
+
+generation_options = [
+    click.option("--generator", type=click.Choice(["transformers", "extractive", "openai"]), default=None,
+                 help="Generator backend (default transformers: SmolLM2-135M-Instruct)."),
+    click.option("--model", default=None, help="Generator model folder, HF name, or endpoint model name."),
+    click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1."),
+    click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None),
+    click.option("--temperature", type=click.FloatRange(0, 5), default=None),
+    click.option("--seed", type=int, default=None),
+]
+
+
+def _with_generation(f):
+    for opt in reversed(generation_options):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@click.argument("question")
+@index_option
+@click.option("--top-k", type=click.IntRange(1, 100), default=None, help="Chunks retrieved for the answer.")
+@filter_option
+@as_option
+@_with_generation
+@click.option("--no-stream", is_flag=True, help="Print the answer only when complete.")
+@click.option("--json", "as_json", is_flag=True, help="Print {question, answer, citations, hits, timings}.")
+@click.pass_context
+def ask(ctx, question, index, top_k, filters, groups, generator, model, base_url, max_new_tokens, temperature, seed,
+        no_stream, as_json):
+    """Answer QUESTION from the indexed documents, citing them as [n]."""
+    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+    kw = dict(top_k=top_k, filters=_parse_filters(filters), principals=_principals(groups))
+    if as_json:
+        ans = rag.ask(question, **kw)
+        _emit_json(_answer_json(ans))
+        return
+    ans = _stream_answer(rag, question, no_stream, **kw)
+    _print_citations(ans)
+
+
+def _stream_answer(rag, question, no_stream=False, **kw):
+    from .types import Answer
+
+    if no_stream:
+        ans = rag.ask(question, **kw)
+        click.echo(ans.text)
+        return ans
+    ans = None
+    for piece in rag.stream(question, **kw):
+        if isinstance(piece, Answer):
+            ans = piece
+        else:
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    click.echo("")
+    return ans
+
+
+def _answer_json(ans) -> dict[str, Any]:
+    from .pipeline import display_source
+
+    d = ans.to_dict()
+    d["hits"] = [_hit_json(h) for h in ans.hits]
+    for c in d["citations"]:
+        c["source"] = display_source(c["source"])
+    return d
+
+
+def _print_citations(ans) -> None:
+    from .pipeline import display_source
+
+    if ans is None or not ans.citations:
+        return
+    click.echo("\nSources:")
+    for c in ans.citations:
+        where = display_source(c.source)
+        chunk = next((h.chunk for h in ans.hits if h.chunk.id == c.chunk_id), None)
+        if chunk is not None and chunk.metadata.get("record_id"):
+            where += f" (id {chunk.metadata['record_id']})"
+        if c.page:
+            where += f", p. {c.page}"
+        title = f" — {c.title}" if c.title else ""
+        click.echo(f"[{c.n}] {where}{title}")
+        if c.quote:
+            q = " ".join(c.quote.split())
+            click.echo(f"    \"{q[:240]}{'…' if len(q) > 240 else ''}\"")
+    if ans.dropped_markers:
+        click.echo(f"(dropped citation markers that point at no source: {', '.join(f'[{n}]' for n in ans.dropped_markers)})")
+
+
+# ---- index management -----------------------------------------------------------------------
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def info(ctx, index, as_json):
+    """Show documents, chunks, sources by type, embedder, sizes on disk and last update."""
+    rag = _open(ctx, index)
+    inf = rag.info()
+    if as_json:
+        _emit_json(inf)
+        return
+    click.echo(f"Index {inf['index']} (format {inf['format_version']}, generation {inf['generation']})")
+    click.echo(f"  files: {inf['files']}  documents: {inf['documents']}  chunks: {inf['chunks']}  "
+               f"duplicate documents: {inf['duplicate_documents']}")
+    click.echo("  documents by type: " + (", ".join(f"{k} {v}" for k, v in inf["documents_by_type"].items()) or "none"))
+    e = inf["embedder"]
+    click.echo(f"  embedder: {e.get('name')} ({e.get('model_id')}, dim {e.get('dim')}); dense index: {inf['dense_index']}")
+    click.echo("  size on disk: " + ", ".join(f"{k} {_human(v)}" for k, v in inf["sizes_bytes"].items())
+               + f"; total {_human(inf['total_bytes'])}")
+    click.echo(f"  created {inf['created']}, last update {inf['updated']}")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@index_option
+@click.option("--wait", "wait_s", type=float, default=0.0)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def delete(ctx, sources, index, wait_s, as_json):
+    """Remove the documents of SOURCES (file paths, folders or globs) from the index."""
+    rag = _open(ctx, index)
+    r = rag.delete(list(sources), wait_s=wait_s)
+    if as_json:
+        _emit_json(r.to_dict())
+        return
+    if not r.files_removed:
+        _fail(f"no indexed source matches {', '.join(sources)}")
+    click.echo(f"Removed {len(r.files_removed)} source(s), {r.chunks_removed} chunk(s); index now has "
+               f"{r.total_documents} documents, {r.total_chunks} chunks.")
+
+
+@cli.command()
+@index_option
+@click.pass_context
+def verify(ctx, index):
+    """Check every file's checksum and that docstore, FAISS and BM25 agree."""
+    from .pipeline import RAG
+
+    res = RAG(index).verify()
+    click.echo(f"Index {res['index']} is consistent: generation {res['generation']}, {res['documents']} documents, "
+               f"{res['chunks']} chunks.")
+
+
+@cli.command()
+@index_option
+@click.option("--wait", "wait_s", type=float, default=0.0)
+@click.pass_context
+def repair(ctx, index, wait_s):
+    """Rebuild derived files (FAISS from stored vectors, BM25 from the docstore)."""
+    from .pipeline import RAG
+
+    res = RAG(index).repair(wait_s=wait_s)
+    click.echo(f"Repaired {res['index']}: generation {res['generation']}, {res['chunks']} chunks.")
+
+
+# ---- chat / sessions ------------------------------------------------------------------------
+@cli.command()
+@index_option
+@click.option("--session", "session_id", default=None, help="Resume this session id.")
+@click.option("--user", "user_id", default=None, help="User id recorded with the session.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=None)
+@filter_option
+@as_option
+@_with_generation
+@click.pass_context
+def chat(ctx, index, session_id, user_id, top_k, filters, groups, generator, model, base_url, max_new_tokens,
+         temperature, seed):
+    """Interactive conversation; follow-up questions use the history. Empty line or Ctrl-D ends."""
+    from .conversation import Conversation
+
+    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+    conv = Conversation(rag, session_id=session_id, user_id=user_id, top_k=top_k, filters=_parse_filters(filters),
+                        principals=_principals(groups))
+    click.echo(f"Session {conv.session_id}. Ask a question (empty line to quit).")
+    while True:
+        try:
+            q = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+        except (EOFError, click.Abort):
+            break
+        if not q.strip():
+            break
+        click.echo("rag> ", nl=False)
+        ans = None
+        from .types import Answer
+
+        for piece in conv.stream(q):
+            if isinstance(piece, Answer):
+                ans = piece
+            else:
+                click.echo(piece, nl=False)
+        click.echo("")
+        _print_citations(ans)
+    click.echo(f"Session {conv.session_id} saved.")
+
+
+@cli.command()
+@click.argument("session_id")
+@click.argument("turn", type=int)
+@click.argument("rating", type=click.Choice(["up", "down"]))
+@index_option
+@click.option("--note", default=None)
+def feedback(session_id, turn, rating, index, note):
+    """Record feedback (up/down) for TURN of SESSION_ID."""
+    from .conversation import SessionStore
+
+    SessionStore.for_index(index).set_feedback(session_id, turn, rating, note)
+    click.echo(f"Feedback {rating} recorded for session {session_id}, turn {turn}.")
+
+
+@cli.command()
+@index_option
+@click.option("--session", "session_id", default=None)
+@click.option("--user", "user_id", default=None)
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None, help="Write turns as JSONL.")
+def history(index, session_id, user_id, export_path):
+    """List conversation sessions, or export their turns as JSONL."""
+    from .conversation import SessionStore
+
+    store = SessionStore.for_index(index)
+    if export_path or session_id:
+        turns = store.turns(session_id=session_id, user_id=user_id)
+        lines = [json.dumps(t, ensure_ascii=False) for t in turns]
+        if export_path:
+            with open(export_path, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + ("\n" if lines else ""))
+            click.echo(f"Exported {len(lines)} turn(s) to {export_path}.")
+        else:
+            for line in lines:
+                click.echo(line)
+        return
+    sessions = store.sessions(user_id=user_id)
+    if not sessions:
+        click.echo("No sessions.")
+    for s in sessions:
+        click.echo(f"{s['session_id']}  user={s['user_id'] or '-'}  turns={s['turns']}  started={s['created']}  last={s['updated']}")
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+@cli.group("eval")
+def eval_group():
+    """Measure retrieval (BEIR) or answer quality (QA sets)."""
+
+
+@eval_group.command("retrieval")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--index", default=None, help="Existing index of the corpus (default: build one in a temp folder).")
+@click.option("--modes", default="bm25,dense,hybrid", show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--fusion", type=click.Choice(["rrf", "convex"]), default=None)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="Dense weight for convex fusion.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N queries.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_retrieval_cmd(ctx, dataset_dir, index, modes, split, fusion, alpha, limit, as_json):
+    """nDCG@10, Recall@10/100, MRR@10 and latency for each mode on a BEIR folder."""
+    from .eval_retrieval import evaluate_retrieval, format_table
+
+    modes_l = [m.strip() for m in modes.split(",") if m.strip()]
+    for m in modes_l:
+        if m not in ("bm25", "dense", "hybrid"):
+            raise click.BadParameter(f"unknown mode {m!r}", param_hint="--modes")
+    cfg, _ = _config(ctx, {"retrieval": {"fusion": fusion, "alpha": alpha}})
+    progress = _progress_bar() if (sys.stderr.isatty() and not as_json) else None
+    res = evaluate_retrieval(dataset_dir, index_dir=index, modes=modes_l, split=split, config=cfg, limit=limit,
+                             progress=progress)
+    if progress:
+        progress.close()
+    if as_json:
+        _emit_json(res)
+    else:
+        click.echo(format_table(res))
+
+
+@eval_group.command("qa")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--index", default=None, help="Existing index of passages.jsonl (default: build one in a temp folder).")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N questions.")
+@click.option("--ood", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="queries.jsonl of out-of-domain questions for abstention (default: SciFact beside the dataset, if present).")
+@click.option("--ood-limit", type=int, default=100, show_default=True)
+@_with_generation
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_qa_cmd(ctx, dataset_dir, index, limit, ood, ood_limit, generator, model, base_url, max_new_tokens, temperature,
+                seed, as_json):
+    """Exact match, F1, citation precision, abstention and latency on a QA set."""
+    from .eval_qa import run_eval_qa
+
+    cfg, _ = _config(ctx, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+    res = run_eval_qa(dataset_dir, index_dir=index, config=cfg, limit=limit, ood_path=ood, ood_limit=ood_limit)
+    if as_json:
+        _emit_json(res)
+    else:
+        for k, v in res.items():
+            if not isinstance(v, (dict, list)):
+                click.echo(f"{k:>28}: {v:.4f}" if isinstance(v, float) else f"{k:>28}: {v}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the click group, turning RagError into one-line errors."""
+    from .errors import RagError
+
+    try:
+        cli.main(args=argv, prog_name="rag", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("rag: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except RagError as e:
+        if os.environ.get("RAG_DEBUG"):
+            raise
+        click.echo(f"rag: error: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("rag: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - last resort: still one line, with a hint
+        if os.environ.get("RAG_DEBUG"):
+            raise
+        click.echo(f"rag: internal error: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                   "(set RAG_DEBUG=1 for a traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

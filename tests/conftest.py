@@ -1,0 +1,35 @@
+"""Shared fixtures. Fast tests use the deterministic HashEmbedder; tests marked ``slow`` load
+the real packaged models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def mini_corpus(tmp_path) -> Path:
+    """A writable copy of tests/data/mini (5 real document excerpts)."""
+    dst = tmp_path / "mini"
+    shutil.copytree(DATA / "mini", dst)
+    return dst
+
+
+@pytest.fixture
+def hash_config():
+    from rag.config import RagConfig
+
+    return RagConfig.from_dict({"embedding": {"model": "hash-64"}, "generation": {"backend": "extractive"}})
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED

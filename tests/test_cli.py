@@ -1,0 +1,80 @@
+"""The command line: fast help, one-line errors, JSON output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rag(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "rag", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          timeout=timeout)
+
+
+def test_import_leaves_heavy_libraries_out():
+    code = ("import sys, rag, rag.cli; heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_lists_commands():
+    r = rag("--help")
+    assert r.returncode == 0
+    for cmd in ("ingest", "search", "ask", "chat", "info", "delete", "verify", "repair", "eval", "feedback", "history"):
+        assert cmd in r.stdout
+
+
+def test_errors_are_one_line(tmp_path):
+    r = rag("search", "anything", "--index", str(tmp_path / "missing"))
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "no index here" in r.stderr and "Traceback" not in r.stderr
+    r = rag("search", "x", "--top-k", "0", "--index", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = rag("ingest", str(tmp_path), "--redact", "ssn", "--index", str(tmp_path / "i"))
+    assert r.returncode == 2 and "--redact" in r.stderr
+
+
+def test_ingest_json_and_exit_codes(tmp_path, mini_corpus):
+    (mini_corpus / "empty.txt").write_text("")
+    (mini_corpus / "blob.bin").write_bytes(bytes(range(256)) * 10)
+    idx = tmp_path / "idx"
+    r = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "hash-64", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["files_ingested"] == 5 and rep["total_chunks"] > 5
+    reasons = {Path(s["source"]).name: s["reason"] for s in rep["skipped"]}
+    assert set(reasons) == {"empty.txt", "blob.bin"} and all(reasons.values())
+    # unchanged re-run: exit 0, nothing embedded
+    r2 = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "hash-64", "--json")
+    assert r2.returncode == 0 and json.loads(r2.stdout)["chunks_embedded"] == 0
+    # only failures: exit 1 with a summary, not a traceback
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_text("")
+    r3 = rag("ingest", str(bad), "--index", str(tmp_path / "idx2"), "--embedder", "hash-64")
+    assert r3.returncode == 1 and "every file failed" in r3.stdout and "a.txt: empty" in r3.stdout
+    # the index of a run that ingested nothing still opens
+    r4 = rag("info", "--index", str(tmp_path / "idx2"), "--json")
+    assert r4.returncode == 0 and json.loads(r4.stdout)["chunks"] == 0
+    r5 = rag("search", "anything", "--index", str(tmp_path / "idx2"), "--json")
+    assert r5.returncode == 0 and json.loads(r5.stdout)["hits"] == []
+
+
+def test_search_json_has_sources_and_positions(tmp_path, mini_corpus):
+    idx = tmp_path / "idx"
+    assert rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "hash-64").returncode == 0
+    r = rag("search", "Enabling HTTP/2", "--index", str(idx), "--mode", "bm25", "--json", "--top-k", "3")
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)["hits"]
+    assert hits[0]["source"].endswith("http2.md")
+    assert hits[0]["heading_path"][0] == "HTTP/2"
+    assert isinstance(hits[0]["chunk_id"], int) and hits[0]["sparse_rank"] == 1
+    r = rag("search", "x", "--index", str(idx), "--filter", "nokey")
+    assert r.returncode == 2 and "--filter" in r.stderr
