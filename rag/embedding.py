@@ -54,6 +54,19 @@ def resolve_embedder_path(model: str) -> str:
     return model
 
 
+def quiet_transformers() -> None:
+    """Keep transformers' weight-loading progress bars and advisory warnings off the terminal
+    (the CLI owns output); ``rag -v`` still shows ``rag`` logging."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 def _folder_fingerprint(path: str) -> str:
     """sha256 over (name, size) of the weight files of a local model folder; '' if not a folder."""
     p = Path(path)
@@ -109,6 +122,7 @@ class SentenceTransformerEmbedder:
                     try:
                         os.environ.setdefault("HF_HUB_OFFLINE", "1")
                         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                        quiet_transformers()
                         from sentence_transformers import SentenceTransformer
 
                         kw = {} if self.allow_pickle else {"model_kwargs": {"use_safetensors": True}}

@@ -25,8 +25,8 @@ MODES = ("hybrid", "dense", "bm25")
 class CrossEncoderReranker:
     """Rerank with any sentence-transformers ``CrossEncoder`` folder or cached name the user has.
 
-    Scores are the model's raw relevance logits (higher is better). Loads on first use; raises
-    ModelError when the model cannot be loaded.
+    Scores are the model's raw relevance logits (higher is better). Loads on first use, from
+    safetensors weights only; raises ModelError when the model cannot be loaded.
     """
 
     def __init__(self, model: str):
@@ -39,7 +39,11 @@ class CrossEncoderReranker:
             try:
                 from sentence_transformers import CrossEncoder
 
-                self._model = CrossEncoder(self.model_name, device="cpu")
+                from .embedding import quiet_transformers
+
+                quiet_transformers()
+                # safetensors only: a pickled pytorch_model.bin can run code when loaded
+                self._model = CrossEncoder(self.model_name, device="cpu", model_kwargs={"use_safetensors": True})
             except Exception as e:  # noqa: BLE001
                 raise ModelError(f"cannot load reranker {self.model_name!r}: {str(e).splitlines()[0]}") from None
         if not texts:

@@ -118,3 +118,29 @@ def test_empty_and_no_documents(tmp_path, hash_config):
     assert rep.failed and len(rep.skipped) == 2
     rep2 = rag.ingest([tmp_path / "nothing-here"])
     assert rep2.skipped and rep2.skipped[0]["reason"]
+
+
+def test_source_filter_relative_to_working_folder(tmp_path, mini_corpus, hash_config, monkeypatch):
+    rag, _ = _ingest(tmp_path, mini_corpus, hash_config)
+    monkeypatch.chdir(tmp_path)
+    hits = rag.search("checksum format", top_k=10, filters={"source": "mini/*.txt"})
+    assert hits and all(h.chunk.source.endswith(".txt") for h in hits)
+    assert rag.search("checksum", top_k=10, filters={"source": "other/*.txt"}) == []
+    named = rag.search("checksum", top_k=10, filters={"source": "http2.md"})
+    assert named and all(h.chunk.source.endswith("/http2.md") for h in named)
+
+
+def test_redaction_leaves_nothing_unredacted_on_disk(tmp_path, hash_config):
+    corpus = tmp_path / "pii"
+    corpus.mkdir()
+    secret_mail, secret_card = "jane.doe@example.org", "4111 1111 1111 1111"
+    (corpus / "contact.md").write_text(f"# Contact\n\nWrite to {secret_mail} or pay with card {secret_card} today.\n")
+    rag = RAG.create(tmp_path / "idx", hash_config)
+    rep = rag.ingest([corpus], redact=["emails", "cards"])
+    assert rep.redactions == {"emails": 1, "cards": 1}
+    hits = rag.search("contact card", top_k=3)
+    assert "[EMAIL]" in hits[0].chunk.text and "[CARD]" in hits[0].chunk.text
+    for p in (tmp_path / "idx").rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert secret_mail.encode() not in data and b"4111 1111" not in data, p

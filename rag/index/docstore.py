@@ -198,6 +198,7 @@ class DocStore:
             values = value if isinstance(value, (list, tuple, set)) else [value]
             if key == "source":
                 col = "d.source"
+                values = [_source_pattern(str(v)) for v in values]
             elif key == "title":
                 col = "d.title"
             elif key == "page":
@@ -292,6 +293,18 @@ def index_text(title: str | None, text: str) -> str:
     if title:
         return f"{title[:300]}\n{text}"
     return text
+
+
+def _source_pattern(pattern: str) -> str:
+    """Sources are stored as absolute paths; a user's pattern is relative to the working folder
+    (``docs/*.md``), a bare name or glob matches in any folder (``*.md``, ``notes.md``)."""
+    if pattern.startswith("/") or "://" in pattern:
+        return pattern
+    if "/" in pattern:
+        import os
+
+        return os.path.abspath(pattern)
+    return pattern if pattern.startswith("*") else "*/" + pattern
 
 
 def _glob_to_sqlite(pattern: str) -> str:

@@ -1,0 +1,221 @@
+"""Question-answering evaluation (``rag eval qa DATASET_DIR``).
+
+Dataset folder: ``passages.jsonl`` (``{id, title, text}``) and ``questions.jsonl`` (``{id,
+question, answers, answer_starts, gold_passage_ids}``), e.g. XQuAD-en (Artetxe et al. 2020), whose
+answers are SQuAD v1.1 spans (Rajpurkar et al. 2016).
+
+Metrics (answer text scored without its ``[n]`` markers):
+
+* ``exact_match``, ``f1``: SQuAD v1.1 official definitions (normalise: lower-case, remove
+  punctuation and the articles a/an/the, collapse whitespace; token-level F1), max over the gold
+  answers; an abstention scores 0.
+* ``contains``: share of answers whose normalised text contains a normalised gold answer.
+* ``citation_precision``: share of citations (of non-abstained answers) whose cited chunk
+  contains a gold answer or belongs to a gold passage (``chunk.metadata["record_id"]``, or the
+  chunk's ``doc_id`` equal to / ending in ``#<passage id>``).
+* ``dangling_citations``: citations whose chunk is not among the answer's hits plus ``[n]``
+  markers in the text without a matching citation (should be 0).
+* ``retrieval_hit_rate_at_k``: share of questions with a gold passage among the first ``k`` hits.
+* ``false_abstention``: share of answerable questions abstained on; ``abstention_ood``: share of
+  ``ood_questions`` abstained on.
+* ``ttft_p50_s``, ``latency_p50_s``: median seconds to the first streamed text piece and to the
+  final Answer (only when ``stream`` is given; else latency of ``ask``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .types import Answer, Chunk
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD v1.1 normalisation: lower, strip punctuation, drop articles, collapse spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """SQuAD v1.1 token F1 between normalised prediction and gold answer, in [0, 1]."""
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = collections.Counter(p) & collections.Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def strip_markers(text: str) -> str:
+    """Answer text without ``[n]`` / ``[n, m]`` markers."""
+    return re.sub(r"\s*\[\d+(?:\s*,\s*\d+)*\]", "", text).strip()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_questions(dataset_dir: Path, limit: int | None = None, split: str = "all") -> list[dict]:
+    """Questions of the dataset. ``split``: "all", "dev" (gold passage at an odd position in
+    passages.jsonl) or "test" (even position), used to tune on one half and report on the other.
+    ``limit``: that many questions spread evenly over the split (every len/limit-th)."""
+    dataset_dir = Path(dataset_dir)
+    qs = read_jsonl(dataset_dir / "questions.jsonl")
+    if split != "all":
+        pos = {p["id"]: i for i, p in enumerate(read_jsonl(dataset_dir / "passages.jsonl"))}
+        want = 1 if split == "dev" else 0
+        if split not in ("dev", "test"):
+            raise ValueError(f"split must be all, dev or test, not {split!r}")
+        qs = [q for q in qs if pos.get(q["gold_passage_ids"][0], 0) % 2 == want]
+    if limit is not None and limit < len(qs):
+        step = len(qs) / limit
+        qs = [qs[int(i * step)] for i in range(limit)]
+    return qs
+
+
+def load_ood_questions(queries_jsonl: Path, limit: int | None = 100) -> list[str]:
+    """Out-of-domain questions: the ``text`` of the first ``limit`` records of a BEIR
+    ``queries.jsonl`` (e.g. SciFact claims)."""
+    out = []
+    for r in read_jsonl(Path(queries_jsonl)):
+        out.append(r["text"])
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _chunk_passage_ids(ch: Chunk) -> set[str]:
+    ids = {ch.doc_id}
+    if "#" in ch.doc_id:
+        ids.add(ch.doc_id.rsplit("#", 1)[1])
+    rid = (ch.metadata or {}).get("record_id")
+    if rid is not None:
+        ids.add(str(rid))
+    return ids
+
+
+def _median(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def _run_stream(stream: Callable[[str], Iterator], q: str) -> tuple[Answer, float | None, float]:
+    t0 = time.perf_counter()
+    ttft = None
+    final = None
+    for item in stream(q):
+        if isinstance(item, Answer):
+            final = item
+        elif ttft is None and item:
+            ttft = time.perf_counter() - t0
+    if final is None:
+        raise RuntimeError("stream ended without an Answer")
+    return final, ttft, time.perf_counter() - t0
+
+
+def evaluate_qa(
+    dataset_dir: Path,
+    ask: Callable[[str], Answer],
+    limit: int | None = None,
+    ood_questions: Sequence[str] = (),
+    k: int = 5,
+    stream: Callable[[str], Iterator] | None = None,
+    split: str = "all",
+    per_question: bool = False,
+) -> dict:
+    """Run ``ask`` (or ``stream``, which also gives TTFT) on the dataset's questions and the
+    ``ood_questions``; returns a JSON-safe dict of the metrics in the module docstring plus
+    counts (``n_questions``, ``n_ood``, ``n_citations``). ``per_question`` adds a ``rows`` list
+    (question, answer, golds, f1, abstained, retrieved) for error analysis.
+    """
+    dataset_dir = Path(dataset_dir)
+    qs = load_questions(dataset_dir, limit, split)
+    em = f1 = contains = hit = abst = 0.0
+    n_cit = good_cit = dangling = 0
+    ttfts: list[float] = []
+    lats: list[float] = []
+    rows = []
+    for q in qs:
+        golds = [a for a in q["answers"] if a.strip()] or [""]
+        gold_ids = set(q.get("gold_passage_ids") or [])
+        if stream is not None:
+            ans, ttft, lat = _run_stream(stream, q["question"])
+            if ttft is not None:
+                ttfts.append(ttft)
+        else:
+            t0 = time.perf_counter()
+            ans = ask(q["question"])
+            lat = time.perf_counter() - t0
+        lats.append(lat)
+        chunks = {h.chunk.id: h.chunk for h in ans.hits}
+        if any(_chunk_passage_ids(h.chunk) & gold_ids for h in ans.hits[:k]):
+            hit += 1
+        # dangling: markers without a citation, citations without a retrieved chunk
+        cit_ns = {c.n for c in ans.citations}
+        for m in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", ans.text):
+            dangling += sum(1 for x in re.findall(r"\d+", m) if int(x) not in cit_ns)
+        text = strip_markers(ans.text)
+        row_f1 = 0.0
+        if ans.abstained:
+            abst += 1
+        else:
+            em += max(exact_match(text, g) for g in golds)
+            row_f1 = max(f1_score(text, g) for g in golds)
+            f1 += row_f1
+            nt = normalize_answer(text)
+            contains += float(any(normalize_answer(g) and normalize_answer(g) in nt for g in golds))
+            for c in ans.citations:
+                n_cit += 1
+                ch = chunks.get(c.chunk_id)
+                if ch is None:
+                    dangling += 1
+                    continue
+                nch = normalize_answer(ch.text)
+                if (_chunk_passage_ids(ch) & gold_ids) or any(normalize_answer(g) and normalize_answer(g) in nch for g in golds):
+                    good_cit += 1
+        if per_question:
+            rows.append({"question": q["question"], "answer": ans.text, "golds": golds, "f1": row_f1,
+                         "abstained": ans.abstained, "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ans.hits[:k]],
+                         "gold_passage_ids": sorted(gold_ids)})
+    n = len(qs) or 1
+    ood_abst = 0
+    for oq in ood_questions:
+        ans = _run_stream(stream, oq)[0] if stream is not None else ask(oq)
+        ood_abst += int(ans.abstained)
+    out = {
+        "n_questions": len(qs),
+        "exact_match": em / n,
+        "f1": f1 / n,
+        "contains": contains / n,
+        "citation_precision": (good_cit / n_cit) if n_cit else None,
+        "n_citations": n_cit,
+        "dangling_citations": dangling,
+        f"retrieval_hit_rate_at_{k}": hit / n,
+        "false_abstention": abst / n,
+        "n_ood": len(ood_questions),
+        "abstention_ood": (ood_abst / len(ood_questions)) if ood_questions else None,
+        "ttft_p50_s": _median(ttfts),
+        "latency_p50_s": _median(lats),
+        "split": split,
+    }
+    if per_question:
+        out["rows"] = rows
+    return out

@@ -1,0 +1,126 @@
+"""Score fusion for hybrid retrieval: pure functions over ranked lists of chunk ids.
+
+- :func:`rrf`: reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009, "Reciprocal rank
+  fusion outperforms Condorcet and individual rank learning methods"), k = 60 as in the paper.
+- :func:`convex`: a weighted sum of per-list normalised scores (Bruch, Gai & Ingber 2023, "An
+  analysis of fusion functions for hybrid retrieval", ACM TOIS), min-max or z-score.
+
+Both return ``[(id, fused_score), ...]`` sorted best first with deterministic tie breaking.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def rrf(rankings: Sequence[Sequence[int]], k: int = 60,
+        weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: ``score(d) = sum_i w_i / (k + rank_i(d))``, ranks 1-based.
+
+    ``rankings``: one list of ids per retriever, best first (a repeated id keeps its best rank).
+    A document absent from list ``i`` gets nothing from it (no invented rank). ``weights``
+    default to 1.0 each. Result sorted by fused score descending; ties broken by the best
+    single rank (smaller first), then by id ascending. Raises ValueError when ``k < 0`` or
+    ``weights`` has the wrong length.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, not {k}")
+    if weights is None:
+        weights = [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
+    scores: dict[int, float] = {}
+    best_rank: dict[int, int] = {}
+    for ranking, w in zip(rankings, weights):
+        seen: set[int] = set()
+        for rank, doc in enumerate(ranking, start=1):
+            doc = int(doc)
+            if doc in seen:
+                continue
+            seen.add(doc)
+            scores[doc] = scores.get(doc, 0.0) + float(w) / (k + rank)
+            if rank < best_rank.get(doc, math.inf):
+                best_rank[doc] = rank
+    return sorted(scores.items(), key=lambda item: (-item[1], best_rank[item[0]], item[0]))
+
+
+def normalize(scores: np.ndarray, norm: str = "zscore") -> np.ndarray:
+    """Normalise one list's scores ((m,) float) to float64 (m,).
+
+    ``"minmax"``: ``(s - min) / (max - min)`` in [0, 1]. ``"zscore"``: ``(s - mean) / std``
+    (population std). When the list has no spread (one hit, or all scores equal) both give
+    1.0 to every hit: the retriever found them, and :func:`convex` then gives documents it did
+    not find 0.0, one unit lower. Empty input gives an empty array. Raises ValueError on an
+    unknown ``norm``.
+    """
+    if norm not in ("minmax", "zscore"):
+        raise ValueError(f"norm must be 'minmax' or 'zscore', not {norm!r}")
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        return s
+    lo, hi = float(s.min()), float(s.max())
+    if not hi > lo:
+        return np.ones_like(s)
+    if norm == "minmax":
+        return (s - lo) / (hi - lo)
+    return (s - s.mean()) / s.std()
+
+
+def convex(results: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float],
+           norm: str = "zscore") -> list[tuple[int, float]]:
+    """Convex combination ``sum_i w_i * norm_i(score_i(d))`` (Bruch, Gai & Ingber 2023).
+
+    ``results``: one ``(ids, scores)`` pair per retriever (int ids, float scores, same length;
+    e.g. the dense and the BM25 candidate lists). With two lists, ``weights=(alpha, 1 - alpha)``
+    gives the paper's ``alpha * dense + (1 - alpha) * sparse``.
+
+    Edge cases:
+
+    - an empty list contributes nothing to any document;
+    - a list with no spread (a single hit or all scores equal) gives its hits 1.0 (see
+      :func:`normalize`) and documents it missed 0.0;
+    - otherwise a document missing from a list gets that list's minimum normalised score
+      (0.0 for minmax, the lowest z for zscore): it was ranked below the candidate depth, so it
+      is at best as good as the worst candidate seen. Giving it 0 under z-score would instead
+      rank it above every below-average candidate the retriever did return.
+
+    A repeated id within one list keeps its highest score. Result sorted by fused score
+    descending, ties by id ascending. Raises ValueError on mismatched lengths or unknown norm.
+    """
+    if len(weights) != len(results):
+        raise ValueError(f"{len(results)} result lists but {len(weights)} weights")
+    per_list: list[tuple[dict[int, float], float]] = []
+    for ids, scores in results:
+        ids = np.asarray(ids).reshape(-1)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if ids.shape[0] != scores.shape[0]:
+            raise ValueError(f"a result list has {ids.shape[0]} ids but {scores.shape[0]} scores")
+        best: dict[int, float] = {}
+        for i, s in zip(ids.tolist(), scores.tolist()):
+            i = int(i)
+            if i not in best or s > best[i]:
+                best[i] = s
+        if not best:
+            per_list.append(({}, 0.0))
+            continue
+        keys = list(best)
+        raw = np.fromiter(best.values(), dtype=np.float64, count=len(best))
+        normed = normalize(raw, norm)
+        no_spread = not raw.max() > raw.min()
+        missing = 0.0 if no_spread else float(normed.min())
+        per_list.append((dict(zip(keys, normed.tolist())), missing))
+    all_ids: set[int] = set()
+    for d, _ in per_list:
+        all_ids.update(d)
+    fused: dict[int, float] = {}
+    for doc in all_ids:
+        total = 0.0
+        for (d, missing), w in zip(per_list, weights):
+            if not d:
+                continue  # an empty list contributes nothing
+            total += float(w) * d.get(doc, missing)
+        fused[doc] = total
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))

