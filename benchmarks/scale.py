@@ -44,7 +44,8 @@ SCIFACT = ROOT.parent / "shared" / "data" / "beir-scifact"
 DIM = 384
 N_CLUSTERS = 1000
 SPREAD = 1.0
-BATCH = 50_000
+BATCH = 50_000  # texts per generation batch
+VECTOR_BATCH = 10_000  # vectors per generation/add batch (3 temporaries of 15 MiB each)
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -92,8 +93,8 @@ def clustered_batches(n: int, seed: int, n_queries: int = 0):
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x
 
-    for s in range(0, n, BATCH):
-        m = min(BATCH, n - s)
+    for s in range(0, n, VECTOR_BATCH):
+        m = min(VECTOR_BATCH, n - s)
         yield make(m), np.arange(s, s + m, dtype=np.int64) * 3 + 7  # arbitrary, not 0..n-1
     yield make(n_queries), None
 

@@ -87,7 +87,7 @@ class RetrievalConfig:
     top_k: int = 5
     reranker: str | None = None
     rerank_depth: int = 20
-    ann_threshold: int = 200_000
+    ann_threshold: int = 50_000
 
 
 @dataclass
