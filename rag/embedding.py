@@ -163,8 +163,24 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """(dim,) float32, L2-normalised."""
-        return self.embed_documents([text])[0]
+        """(dim,) float32, L2-normalised.
+
+        Runs torch on one thread: a single short query gains nothing from intra-op parallelism,
+        and a second OpenMP thread that must wait for a busy core made a query 10x slower here
+        (MiniLM on 2 loaded cores: 984 ms with 2 threads, 100 ms with 1).
+        """
+        import torch
+
+        with _TORCH_THREADS_LOCK:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self.embed_documents([text])[0]
+            finally:
+                torch.set_num_threads(before)
+
+
+_TORCH_THREADS_LOCK = threading.Lock()
 
 
 class HashEmbedder:
