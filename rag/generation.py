@@ -282,8 +282,9 @@ class TransformersGenerator:
 
     # -- scoring -------------------------------------------------------------------------
     def token_logprobs(
-        self, messages: list[dict[str, str]], texts: Sequence[str], prefix: str = "", end_text: str | None = None, batch_size: int = 48
-    ) -> list[tuple[list[int], list[float], list[float]]]:
+        self, messages: list[dict[str, str]], texts: Sequence[str], prefix: str = "", end_text: str | None = None,
+        batch_size: int = 48, top_first: int | None = None, first_bonus: Sequence[float] | None = None,
+    ) -> list[tuple[list[int], list[float], list[float]] | None]:
         """Per-token log-probabilities of each text as the start of the assistant's reply.
 
         The prompt (chat template + ``prefix``) runs once; its KV cache is shared by all texts,
@@ -291,7 +292,10 @@ class TransformersGenerator:
         end_logp)``: ``ends[j]`` the character offset in the text where token j ends,
         ``token_logp[j] = log P(token_j | prompt, tokens_<j)`` (natural log) and ``end_logp[j] =
         log P(first token of end_text | prompt, tokens_<=j)`` (empty list when ``end_text`` is
-        None). Causal models only (raises GenerationError for seq2seq).
+        None). With ``top_first``, only the ``top_first`` texts whose first token is most likely
+        (plus ``first_bonus[i]``, e.g. a type prior) are run past their first token; the others
+        get None - this bounds the cost (one prefill + ``top_first`` short sequences).
+        Causal models only (raises GenerationError for seq2seq).
         """
         if not texts:
             return []
@@ -310,14 +314,19 @@ class TransformersGenerator:
             ids = list(e["input_ids"]) or [tok.eos_token_id]
             ends = [int(o[1]) for o in e["offset_mapping"]] or [0]
             enc.append((ids, ends))
-        out_rows: list[tuple[list[int], list[float], list[float]]] = []
         with self._run_lock, torch.inference_mode():
             p_ids = torch.tensor([p_list], dtype=torch.long, device=self.device)
             out = self.model(input_ids=p_ids, use_cache=True)
             last_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             past = out.past_key_values
-            for b in range(0, len(enc), batch_size):
-                batch = enc[b : b + batch_size]
+            order = list(range(len(enc)))
+            if top_first is not None and top_first < len(enc):
+                bonus = list(first_bonus) if first_bonus is not None else [0.0] * len(enc)
+                order = sorted(order, key=lambda i: -(float(last_logp[enc[i][0][0]]) + bonus[i]))[:top_first]
+            results: dict[int, tuple[list[int], list[float], list[float]]] = {}
+            for b in range(0, len(order), batch_size):
+                batch_idx = order[b : b + batch_size]
+                batch = [enc[i] for i in batch_idx]
                 width = max(len(ids) for ids, _ in batch)
                 ids_t = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), n_p + width), dtype=torch.long)
@@ -337,14 +346,14 @@ class TransformersGenerator:
                         idx = torch.tensor(ids[1:])
                         tl += logp[i, torch.arange(L - 1), idx].tolist()
                     el = logp[i, :L, end_id].tolist() if end_id is not None else []
-                    out_rows.append((ends, tl, el))
-        return out_rows
+                    results[batch_idx[i]] = (ends, tl, el)
+        return [results.get(i) for i in range(len(enc))]
 
     def score_continuations(self, messages: list[dict[str, str]], candidates: Sequence[str], prefix: str = "") -> list[float]:
         """Log-likelihood (natural log, summed over tokens) of each candidate as the start of the
         assistant's reply, ``log P(candidate | prompt + prefix)``; ``len(candidates)`` floats.
         See :meth:`token_logprobs`."""
-        return [sum(tl) for _, tl, _ in self.token_logprobs(messages, candidates, prefix=prefix)]
+        return [sum(r[1]) for r in self.token_logprobs(messages, candidates, prefix=prefix)]  # type: ignore[index]
 
 
 def _expand_cache(past, n: int):
