@@ -242,24 +242,36 @@ class Chunker:
         re-tokenization may differ from the section's tokenization.
         """
         budget = self.chunk_size_tokens
+        overlap = self.chunk_overlap_tokens
         spans: list[tuple[int, int, bool]] = []
-        cur: tuple[int, int] | None = None
+        cur: list[tuple[int, int, int]] = []  # pieces (start, end, tokens) of the open chunk
         cur_count = 0
         for a, b, n, fits in self._pieces(text, sec, sec.start, sec.end, 0):
             if not fits:
                 if cur:
-                    spans.append((*cur, False))
-                    cur, cur_count = None, 0
+                    spans.append((cur[0][0], cur[-1][1], False))
+                    cur, cur_count = [], 0
                 spans.extend(self._windows(text, sec, a, b, budget))
                 continue
-            if cur is not None and cur_count + n <= budget:
-                cur, cur_count = (cur[0], b), cur_count + n
-            else:
-                if cur is not None:
-                    spans.append((*cur, False))
-                cur, cur_count = (a, b), n
-        if cur is not None:
-            spans.append((*cur, False))
+            if cur and cur_count + n <= budget:
+                cur.append((a, b, n))
+                cur_count += n
+                continue
+            if cur:
+                spans.append((cur[0][0], cur[-1][1], False))
+            # Overlap at piece (sentence) granularity: the next chunk starts with the previous
+            # chunk's trailing pieces that fit in chunk_overlap_tokens, so a passage that spans
+            # a boundary is whole in one chunk (as LlamaIndex's SentenceSplitter overlaps).
+            seed: list[tuple[int, int, int]] = []
+            seed_count = 0
+            for piece in reversed(cur[1:] if len(cur) > 1 else []):
+                if seed_count + piece[2] > overlap or seed_count + piece[2] + n > budget:
+                    break
+                seed.insert(0, piece)
+                seed_count += piece[2]
+            cur, cur_count = seed + [(a, b, n)], seed_count + n
+        if cur:
+            spans.append((cur[0][0], cur[-1][1], False))
         return spans
 
     def _pieces(self, text: str, sec: _Section, a: int, b: int, level: int):

@@ -566,16 +566,18 @@ def eval_retrieval_cmd(ctx, dataset_dir, index, modes, split, fusion, alpha, lim
 @click.option("--ood", type=click.Path(exists=True, dir_okay=False), default=None,
               help="queries.jsonl of out-of-domain questions for abstention (default: SciFact beside the dataset, if present).")
 @click.option("--ood-limit", type=int, default=100, show_default=True)
+@click.option("--split", type=click.Choice(["all", "dev", "test"]), default="all", show_default=True,
+              help="dev/test: questions whose gold passage is at an odd/even position (tune on dev, report on test).")
 @_with_generation
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def eval_qa_cmd(ctx, dataset_dir, index, limit, ood, ood_limit, generator, model, base_url, max_new_tokens, temperature,
+def eval_qa_cmd(ctx, dataset_dir, index, limit, ood, ood_limit, split, generator, model, base_url, max_new_tokens, temperature,
                 seed, as_json):
     """Exact match, F1, citation precision, abstention and latency on a QA set."""
     from .eval_qa import run_eval_qa
 
     cfg, _ = _config(ctx, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
-    res = run_eval_qa(dataset_dir, index_dir=index, config=cfg, limit=limit, ood_path=ood, ood_limit=ood_limit)
+    res = run_eval_qa(dataset_dir, index_dir=index, config=cfg, limit=limit, ood_path=ood, ood_limit=ood_limit, split=split)
     if as_json:
         _emit_json(res)
     else:

@@ -219,3 +219,38 @@ def evaluate_qa(
     if per_question:
         out["rows"] = rows
     return out
+
+
+def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, config=None, limit: int | None = None,
+                ood_path: str | Path | None = None, ood_limit: int = 100, split: str = "all", k: int = 5) -> dict:
+    """``rag eval qa``: index ``passages.jsonl`` (reused when ``index_dir`` exists), then run
+    :func:`evaluate_qa` through the real pipeline's ``stream`` (so TTFT is measured).
+
+    Out-of-domain questions for abstention: ``ood_path`` (a BEIR ``queries.jsonl``), by default
+    SciFact's beside the dataset when present. Raises ConfigError when the folder lacks files.
+    """
+    from .config import RagConfig
+    from .errors import ConfigError
+    from .eval_retrieval import default_eval_index
+    from .pipeline import RAG
+
+    d = Path(dataset_dir)
+    for name in ("passages.jsonl", "questions.jsonl"):
+        if not (d / name).exists():
+            raise ConfigError(f"{d / name}: missing (a QA folder holds passages.jsonl and questions.jsonl)")
+    cfg = config or RagConfig()
+    idx = Path(index_dir) if index_dir else default_eval_index(d, cfg)
+    rag = RAG.create(idx, cfg)
+    if not rag.store.exists():
+        rag.ingest([d / "passages.jsonl"])
+    rag = RAG.open(idx)
+    rag.config = rag.config.updated({k_: v for k_, v in cfg.to_dict().items() if k_ in ("retrieval", "generation")})
+    if ood_path is None:
+        guess = d.parent / "beir-scifact" / "queries.jsonl"
+        ood_path = guess if guess.exists() else None
+    ood = load_ood_questions(Path(ood_path), ood_limit) if ood_path else []
+    rag.ask("warm-up question to load the models?")  # model load is not part of per-question latency
+    res = evaluate_qa(d, rag.ask, limit=limit, ood_questions=ood, k=k, stream=rag.stream, split=split)
+    res["generator"] = f"{cfg.generation.backend}:{cfg.generation.model}" if cfg.generation.backend == "transformers" else cfg.generation.backend
+    res["index"] = str(idx)
+    return res

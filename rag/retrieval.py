@@ -122,6 +122,7 @@ class HybridRetriever:
             chunk_map = self.snapshot.docstore.get_chunks(cand)
             dense_list = _max_pool(dense_list, chunk_map, depth)
             sparse_list = _max_pool(sparse_list, chunk_map, depth)
+            dense_list, sparse_list = _same_representative(dense_list, sparse_list, chunk_map)
         else:
             if dense_list is not None:
                 dense_list = (dense_list[0][:depth], dense_list[1][:depth])
@@ -174,6 +175,17 @@ def _rank_map(lst) -> dict[int, tuple[int, float]]:
     if lst is None:
         return {}
     return {int(i): (r + 1, float(s)) for r, (i, s) in enumerate(zip(lst[0], lst[1]))}
+
+
+def _same_representative(dense_list, sparse_list, chunk_map):
+    """After per-document pooling each list holds its own best chunk of a document; fusion keys
+    on ids, so give a document the same id in both lists (the dense list's chunk when it has
+    one) or a document found by both retrievers would be fused as two different items."""
+    if dense_list is None or sparse_list is None:
+        return dense_list, sparse_list
+    rep = {chunk_map[int(i)].doc_id: int(i) for i in dense_list[0]}
+    ids = np.asarray([rep.get(chunk_map[int(i)].doc_id, int(i)) for i in sparse_list[0]], dtype=np.int64)
+    return dense_list, (ids, sparse_list[1])
 
 
 def _max_pool(lst, chunk_map, depth: int):
