@@ -249,12 +249,14 @@ class RAG:
             raise ConfigError("question must be a non-empty string")
         t0 = time.perf_counter()
         query, hits, timings = self._retrieve_for_answer(question, history, top_k, filters, principals)
-        ans = self.answerer.answer(question, hits, history=history)
+        # A follow-up ("and who wrote it?") is judged against the evidence with its rewritten,
+        # standalone form; the Answer keeps the user's own words.
+        ans = self.answerer.answer(query, hits, history=history)
         timings.update(ans.timings)
         timings["total_s"] = time.perf_counter() - t0
         from dataclasses import replace
 
-        return replace(ans, query=query, timings=timings)
+        return replace(ans, question=question, query=query, timings=timings)
 
     def stream(self, question: str, top_k: int | None = None, *, history: Sequence[Mapping[str, str]] | None = None,
                filters: Mapping[str, Any] | None = None, principals: Sequence[str] | None = None) -> Iterator[str | Answer]:
@@ -269,13 +271,13 @@ class RAG:
         first = None
         from dataclasses import replace
 
-        for piece in self.answerer.stream(question, hits, history=history):
+        for piece in self.answerer.stream(query, hits, history=history):
             if isinstance(piece, Answer):
                 timings.update(piece.timings)
                 if first is not None:
                     timings["first_token_s"] = first
                 timings["total_s"] = time.perf_counter() - t0
-                yield replace(piece, query=query, timings=timings)
+                yield replace(piece, question=question, query=query, timings=timings)
             else:
                 if first is None:
                     first = time.perf_counter() - t0
