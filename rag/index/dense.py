@@ -21,8 +21,8 @@ log = logging.getLogger("rag")
 
 # HNSW parameters, chosen by measurement (the sweep in the DenseIndex docstring): the cheapest
 # build whose recall@10 against exact search clears 0.95 with a margin.
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 40
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 96
 
 DEFAULT_ANN_THRESHOLD = 50_000
@@ -73,24 +73,20 @@ class DenseIndex:
     above it. Vectors are L2-normalised on the way in (queries too), so scores are cosines in
     [-1, 1]. Ids are arbitrary unique int64 chunk ids.
 
-    HNSW parameters M=16, efConstruction=40, efSearch=96 (module constants), measured with
+    HNSW parameters M=32, efConstruction=80, efSearch=96 (module constants), measured with
     faiss 1.15 CPU on the shared 2-core box, recall@10 against exact search:
 
     - SciFact abstracts embedded by all-MiniLM-L6-v2, 4,883 indexed, 300 held out as queries:
       M=16/efC=40: efSearch 32 -> .992, 64 -> .998, 96 -> .999 (build 8 s);
       M=32/efC=80: efSearch 32 -> .996, 64 -> 1.0 (build 14 s).
-    - synthetic 100k x 384 around 1,000 centres (cosine to centre ~.71), 300 queries:
-      M=16/efC=40: efSearch 32 -> .917, 64 -> .981, 96 -> .988, 128 -> .991 (build 58 s);
-      M=32/efC=80: efSearch 32 -> .995, 64 -> 1.0 (build 187 s).
-
-    (build times under heavy load from other jobs.) M=16/efC=40 builds 3x faster than
-    32/80 and clears 0.95 with efSearch 64 at these sizes. The synthetic set is the harder
-    case: its neighbours are nearly equidistant (top-1 cosine .57 vs top-10 .54; MiniLM .68
-    vs .53), and at 1M synthetic vectors (~1,000 near-equidistant points per cluster,
-    ``benchmarks/scale.py``) these parameters reach only recall@10 0.59 (build 727 s): not yet
-    validated for million-vector collections; raise ``ef_search`` (query time, no rebuild) or
-    build with ``hnsw_m=32, ef_construction=80`` there.
-    The flat/HNSW threshold (``ann_threshold``, default 200,000 from
+    - ``benchmarks/scale.py`` synthetic vectors whose neighbour-cosine distribution matches
+      real MiniLM vectors (top-1 p50 .66 vs .68), 300k vectors, 300 fresh queries:
+      M=16/efC=40: efSearch 96 -> .866, 1024 -> .943 (build 102 s);
+      M=16/efC=100: efSearch 96 -> .954 (220 s); M=32/efC=80: efSearch 96 -> .987 (181 s).
+      At 1M, M=16/efC=40 reached only .611 (efSearch 96) to .683 (1024): the graph, not the
+      search depth, was too weak, hence M=32/efC=80 (results for 1M in
+      ``benchmarks/results/scale.md``). M=32 costs 128 more bytes a vector for the graph.
+    The flat/HNSW threshold (``ann_threshold``, default 50,000 from
     ``RetrievalConfig.ann_threshold``) trades exact results for latency: a flat search reads
     every vector (100k x 384 float32 = 147 MiB per query) while HNSW reads a few thousand.
 
