@@ -176,6 +176,7 @@ class TransformersGenerator:
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
+                hf_logging.set_verbosity_error()
                 kw: dict = {}
                 if gguf:
                     kw["gguf_file"] = gguf
@@ -185,7 +186,17 @@ class TransformersGenerator:
                 cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
                 if not gguf and not self.allow_pickle:
                     kw["use_safetensors"] = True
-                model = cls.from_pretrained(path, **kw)
+                # transformers' GGUF de-quantisation draws its own tqdm bar; the CLI owns the
+                # terminal, so silence it (tqdm reads TQDM_DISABLE when a bar is created).
+                prev = os.environ.get("TQDM_DISABLE")
+                os.environ["TQDM_DISABLE"] = "1"
+                try:
+                    model = cls.from_pretrained(path, **kw)
+                finally:
+                    if prev is None:
+                        os.environ.pop("TQDM_DISABLE", None)
+                    else:
+                        os.environ["TQDM_DISABLE"] = prev
                 model.to(self.device)
                 model.eval()
             except ModelError:
@@ -314,7 +325,11 @@ class TransformersGenerator:
             ids = list(e["input_ids"]) or [tok.eos_token_id]
             ends = [int(o[1]) for o in e["offset_mapping"]] or [0]
             enc.append((ids, ends))
-        with self._run_lock, torch.inference_mode():
+        import warnings
+
+        with self._run_lock, torch.inference_mode(), warnings.catch_warnings():
+            # transformers 5 renamed past_key_values -> cache in forward(); both work for now
+            warnings.simplefilter("ignore", FutureWarning)
             p_ids = torch.tensor([p_list], dtype=torch.long, device=self.device)
             out = self.model(input_ids=p_ids, use_cache=True)
             last_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
