@@ -47,18 +47,20 @@ def load_beir(dataset_dir: str | Path, split: str = "test") -> tuple[Path, dict[
             if len(row) < 3:
                 raise ConfigError(f"{rpath}:{i + 1}: expected 'query-id corpus-id score'")
             qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-    queries: dict[str, str] = {}
-    with open(qpath, encoding="utf-8") as f:
+    queries = {str(q["_id"]): q["text"] for q in _jsonl(qpath) if str(q["_id"]) in qrels}
+    return corpus, queries, qrels
+
+
+def _jsonl(path: Path):
+    """Records of a JSON-lines file; ConfigError naming the file and line on bad JSON."""
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                q = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
-                raise ConfigError(f"{qpath}:{n}: not valid JSON") from None
-            if str(q["_id"]) in qrels:
-                queries[str(q["_id"])] = q["text"]
-    return corpus, queries, qrels
+                raise ConfigError(f"{path}:{n}: not valid JSON") from None
 
 
 def _load_qa_as_retrieval(d: Path) -> tuple[Path, dict[str, str], dict[str, dict[str, int]]]:
@@ -66,19 +68,11 @@ def _load_qa_as_retrieval(d: Path) -> tuple[Path, dict[str, str], dict[str, dict
     format of ../shared/data/qa-xquad-en) read as retrieval: question -> gold passage."""
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
-    qpath = d / "questions.jsonl"
-    with open(qpath, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{qpath}:{n}: not valid JSON") from None
-            gold = q.get("gold_passage_ids") or []
-            if gold:
-                queries[str(q["id"])] = q["question"]
-                qrels[str(q["id"])] = {str(g): 1 for g in gold}
+    for q in _jsonl(d / "questions.jsonl"):
+        gold = q.get("gold_passage_ids") or []
+        if gold:
+            queries[str(q["id"])] = q["question"]
+            qrels[str(q["id"])] = {str(g): 1 for g in gold}
     return d / "passages.jsonl", queries, qrels
 
 

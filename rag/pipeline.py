@@ -60,6 +60,15 @@ class IngestReport:
         return self.files_seen > 0 and self.files_ingested == 0 and self.files_unchanged == 0 and not self.files_removed \
             and len(self.skipped) >= self.files_seen
 
+    def committed(self, manifest: Mapping[str, Any], t_start: float) -> "IngestReport":
+        """Fill in the totals of the generation just committed; returns self."""
+        self.changed = True
+        self.total_documents = manifest["counts"]["documents"]
+        self.total_chunks = manifest["counts"]["chunks"]
+        self.generation = manifest["generation"]
+        self.seconds = time.perf_counter() - t_start
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
@@ -492,12 +501,7 @@ class RAG:
             tx.abort()
             raise
         report.chunks_added = len(new_chunks)
-        report.changed = True
-        report.total_documents = manifest["counts"]["documents"]
-        report.total_chunks = manifest["counts"]["chunks"]
-        report.generation = manifest["generation"]
-        report.seconds = time.perf_counter() - t_start
-        return report
+        return report.committed(manifest, t_start)
 
     def _embedder_dim(self) -> int:
         return int(self.embedder.embed_query("dimension probe").shape[0])
@@ -610,12 +614,7 @@ class RAG:
             finally:
                 base.close()
         report.files_removed = matched
-        report.changed = True
-        report.total_chunks = manifest["counts"]["chunks"]
-        report.total_documents = manifest["counts"]["documents"]
-        report.generation = manifest["generation"]
-        report.seconds = time.perf_counter() - t0
-        return report
+        return report.committed(manifest, t0)
 
     def verify(self) -> dict[str, Any]:
         """Full check: every checksum, counts, and FAISS/BM25 ids against the docstore.
