@@ -52,7 +52,7 @@ def _allowed(groups: set[str], principals: list[str]) -> bool:
     return not groups or bool(groups & set(principals))
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(principals=st.lists(st.sampled_from(GROUPS + ["nobody"]), max_size=3, unique=True),
        words=st.lists(st.sampled_from(WORDS + ["unique3", "unique17", "zzz"]), min_size=1, max_size=4),
        top_k=st.integers(1, 30), mode=st.sampled_from(["hybrid", "dense", "bm25"]))
@@ -67,7 +67,7 @@ def test_search_never_leaks(acl_index, principals, words, top_k, mode):
         assert len(hits) == min(top_k, visible)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(principals=st.lists(st.sampled_from(GROUPS), max_size=2, unique=True),
        words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=4))
 def test_ask_never_cites_or_quotes_outside_groups(acl_index, principals, words):

@@ -255,7 +255,7 @@ def test_load_rejects_inconsistent_arrays(tmp_path):
 
 # ------------------------------------------------------------------ real data
 @pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason="shared SciFact data absent")
-def test_scifact_effectiveness_build_time_and_latency():
+def test_scifact_effectiveness():
     """BEIR SciFact test split: Anserini's BM25 flat index reports nDCG@10 0.665 (BEIR paper)."""
     pytrec_eval = pytest.importorskip("pytrec_eval")
     docs = [json.loads(line) for line in (SCIFACT / "corpus.jsonl").open(encoding="utf-8")]
@@ -282,5 +282,5 @@ def test_scifact_effectiveness_build_time_and_latency():
                     pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run).values()])
     print(f"SciFact BM25 nDCG@10={ndcg:.4f} build={build_s:.2f}s p50={np.percentile(latencies, 50) * 1e3:.3f}ms")
     assert 0.64 <= ndcg <= 0.72, ndcg
-    assert build_s < 10, build_s  # ~1 s on one core
-    assert np.percentile(latencies, 50) < 0.005  # ~0.3 ms measured
+    # build time and latency are printed, not asserted: speed is shown by benchmarks/, since a
+    # timed assertion fails on a busy machine without any defect
