@@ -204,7 +204,7 @@ def _print_ingest(r) -> None:
         for s in r.files_removed:
             click.echo(f"  {display_source(s)}")
     if not r.changed and r.files_seen and not r.failed:
-        state = "nothing changed"
+        state = "finished, nothing changed"
     elif r.failed:
         state = "every file failed"
     elif r.files_seen == 0:

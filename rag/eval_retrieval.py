@@ -144,7 +144,7 @@ def evaluate_retrieval(dataset_dir: str | Path, index_dir: str | Path | None = N
 def format_table(res: dict[str, Any]) -> str:
     """A Markdown table of :func:`evaluate_retrieval` results."""
     cols = ["nDCG@10", "Recall@10", "Recall@100", "MRR@10", "latency_p50_ms", "latency_p95_ms"]
-    lines = [f"{res['dataset']} ({res['split']}, {res['queries']} queries; fusion {res['fusion']['method']})", "",
+    lines = [f"{res['dataset']} ({res['split']}, {res['queries']} queries; fusion {res['fusion']['method']}; index {res['index']})", "",
              "| mode | " + " | ".join(c.replace("latency_", "").replace("_ms", " ms") for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for mode, m in res["modes"].items():
