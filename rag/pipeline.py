@@ -339,10 +339,6 @@ class RAG:
         with self.store.lock(wait_s):
             base = self.store.open() if self.store.exists() else None
             if base is not None:
-                stored = base.manifest.get("config", {}).get("embedding", {}).get("model")
-                if stored and stored != self.config.embedding.model and self._explicit_config:
-                    raise IndexFormatError(str(self.index_dir / "manifest.json"),
-                                           f"index was built with embedder {stored!r} but {self.config.embedding.model!r} is configured")
                 self._check_embedder(base.manifest)
             try:
                 return self._ingest_locked(base, paths, opts, sync, acl, redact, progress, report, t_start,
@@ -421,10 +417,9 @@ class RAG:
             for src in sorted(to_replace | set(removed_sources)):
                 report.chunks_removed += len(tx.docstore.delete_source(src))
             report.files_removed = sorted(removed_sources)
-            doc_dedup = Deduplicator(near_threshold=self.config.dedup.near_threshold, shingle_words=self.config.dedup.shingle_words,
-                                     num_perm=self.config.dedup.num_perm, near=self.config.dedup.enabled)
-            chunk_dedup = Deduplicator(near_threshold=self.config.dedup.near_threshold, shingle_words=self.config.dedup.shingle_words,
-                                       num_perm=self.config.dedup.num_perm, near=self.config.dedup.enabled)
+            dc = self.config.dedup
+            doc_dedup, chunk_dedup = (Deduplicator(near_threshold=dc.near_threshold, shingle_words=dc.shingle_words,
+                                                   num_perm=dc.num_perm, near=dc.enabled) for _ in range(2))
             existing_doc_hashes = tx.docstore.document_hashes()
             existing_chunk_hashes = tx.docstore.chunk_hashes()
             hash_to_doc = {h: d for d, h in existing_doc_hashes.items()}
