@@ -186,17 +186,21 @@ class TransformersGenerator:
                 cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
                 if not gguf and not self.allow_pickle:
                     kw["use_safetensors"] = True
-                # transformers' GGUF de-quantisation draws its own tqdm bar; the CLI owns the
-                # terminal, so silence it (tqdm reads TQDM_DISABLE when a bar is created).
-                prev = os.environ.get("TQDM_DISABLE")
-                os.environ["TQDM_DISABLE"] = "1"
+                # transformers' GGUF de-quantisation draws its own tqdm bar, ignoring its
+                # progress-bar switch; the CLI owns the terminal, so give that module a silent bar.
+                import functools
+
+                from tqdm.auto import tqdm as _tqdm
+
+                gguf_utils = None
+                if gguf:
+                    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+                    gguf_utils.tqdm = functools.partial(_tqdm, disable=True)
                 try:
                     model = cls.from_pretrained(path, **kw)
                 finally:
-                    if prev is None:
-                        os.environ.pop("TQDM_DISABLE", None)
-                    else:
-                        os.environ["TQDM_DISABLE"] = prev
+                    if gguf_utils is not None:
+                        gguf_utils.tqdm = _tqdm
                 model.to(self.device)
                 model.eval()
             except ModelError:
