@@ -68,7 +68,7 @@ def settings():
         for w in ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0), (1.0, 0.75), (0.75, 1.0)):
             yield f"rrf k={k} w={w}", (lambda k, w: lambda d, s: rrf([d[0].tolist(), s[0].tolist()], k=k, weights=list(w)))(k, w)
     for norm in ("minmax", "zscore"):
-        for a in np.round(np.arange(0.1, 0.95, 0.1), 2):
+        for a in np.round(np.arange(0.1, 0.95, 0.05), 2):
             yield f"convex {norm} alpha={a}", (lambda a, norm: lambda d, s: convex([(d[0], d[1]), (s[0], s[1])],
                                                                                   weights=[a, 1 - a], norm=norm))(float(a), norm)
 
