@@ -135,3 +135,24 @@ def test_smollm2_stream_equals_generate_and_scores():
     assert g.count_tokens("Paris is nice") >= 3
     good, bad = g.score_continuations(msgs, ["The capital of France is Paris", "The capital of France is Berlin"])
     assert good > bad
+
+
+@pytest.mark.slow
+def test_smollm2_prompt_prefix_reuse_gives_identical_logprobs():
+    """token_logprobs reuses the KV cache of the previous prompt's common prefix; the numbers
+    must equal a cold computation, and a prompt sharing nothing must not reuse it."""
+    g = TransformersGenerator()
+    sys_msg = {"role": "system", "content": "You answer questions using only the numbered sources, briefly."}
+    a = [sys_msg, {"role": "user", "content": "Sources:\n[1] T\nParis is the capital of France.\n\nQuestion: capital?"}]
+    b = [sys_msg, {"role": "user", "content": "Sources:\n[1] U\nThe Loire is a long river.\n\nQuestion: longest river?"}]
+    texts = ["Paris", "the capital of France", "Loire"]
+    g._prompt_cache = None
+    cold = g.token_logprobs(b, texts, end_text=" [")
+    g.token_logprobs(a, texts, end_text=" [")  # leaves a's cache; b shares the system prefix
+    ids_b = g.tokenizer(g.render(b), add_special_tokens=False)["input_ids"]
+    shared = sum(1 for _ in __import__("itertools").takewhile(lambda p: p[0] == p[1], zip(g._prompt_cache[0], ids_b)))
+    assert shared >= 16  # the reuse path is really taken
+    warm = g.token_logprobs(b, texts, end_text=" [")
+    for c, w in zip(cold, warm):
+        assert c[0] == w[0]
+        assert c[1] == pytest.approx(w[1], abs=1e-4) and c[2] == pytest.approx(w[2], abs=1e-4)
