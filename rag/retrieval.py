@@ -115,14 +115,11 @@ class HybridRetriever:
         t = time.perf_counter()
         chunk_map: dict[int, Any] = {}
         if aggregate == "document":
-            cand = set()
-            for lst in (dense_list, sparse_list):
-                if lst is not None:
-                    cand.update(int(i) for i in lst[0])
-            chunk_map = self.snapshot.docstore.get_chunks(cand)
-            dense_list = _max_pool(dense_list, chunk_map, depth)
-            sparse_list = _max_pool(sparse_list, chunk_map, depth)
-            dense_list, sparse_list = _same_representative(dense_list, sparse_list, chunk_map)
+            # document codes come from an in-memory id -> document table, so pooling reads no
+            # chunk rows (the docstore is read only for the final hits)
+            dense_list = _max_pool(dense_list, self.snapshot.document_codes, depth)
+            sparse_list = _max_pool(sparse_list, self.snapshot.document_codes, depth)
+            dense_list, sparse_list = _same_representative(dense_list, sparse_list, self.snapshot.document_codes)
         else:
             if dense_list is not None:
                 dense_list = (dense_list[0][:depth], dense_list[1][:depth])
@@ -177,30 +174,27 @@ def _rank_map(lst) -> dict[int, tuple[int, float]]:
     return {int(i): (r + 1, float(s)) for r, (i, s) in enumerate(zip(lst[0], lst[1]))}
 
 
-def _same_representative(dense_list, sparse_list, chunk_map):
+def _same_representative(dense_list, sparse_list, document_codes):
     """After per-document pooling each list holds its own best chunk of a document; fusion keys
     on ids, so give a document the same id in both lists (the dense list's chunk when it has
-    one) or a document found by both retrievers would be fused as two different items."""
-    if dense_list is None or sparse_list is None:
+    one) or a document found by both retrievers would be fused as two different items.
+    ``document_codes``: chunk ids (m,) int64 -> document codes (m,) int64."""
+    if dense_list is None or sparse_list is None or sparse_list[0].size == 0:
         return dense_list, sparse_list
-    rep = {chunk_map[int(i)].doc_id: int(i) for i in dense_list[0]}
-    ids = np.asarray([rep.get(chunk_map[int(i)].doc_id, int(i)) for i in sparse_list[0]], dtype=np.int64)
+    rep = dict(zip(document_codes(dense_list[0]).tolist(), dense_list[0].tolist()))
+    ids = np.asarray([rep.get(c, i) for c, i in zip(document_codes(sparse_list[0]).tolist(), sparse_list[0].tolist())],
+                     dtype=np.int64)
     return dense_list, (ids, sparse_list[1])
 
 
-def _max_pool(lst, chunk_map, depth: int):
-    """Keep each document's best-scoring chunk (lists are sorted best first)."""
+def _max_pool(lst, document_codes, depth: int):
+    """Keep each document's best-scoring chunk (lists are sorted best first), at most ``depth``
+    documents. ``document_codes``: chunk ids (m,) int64 -> document codes (m,) int64 (-1: not
+    in the docstore, dropped)."""
     if lst is None:
         return None
-    seen: set[str] = set()
-    ids, scores = [], []
-    for cid, s in zip(lst[0], lst[1]):
-        ch = chunk_map.get(int(cid))
-        if ch is None or ch.doc_id in seen:
-            continue
-        seen.add(ch.doc_id)
-        ids.append(int(cid))
-        scores.append(float(s))
-        if len(ids) >= depth:
-            break
-    return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    ids, scores = lst
+    codes = document_codes(ids)
+    _, first = np.unique(codes, return_index=True)  # first occurrence = best chunk of each document
+    keep = np.sort(first[codes[first] >= 0])[:depth]
+    return ids[keep].astype(np.int64), scores[keep].astype(np.float32)

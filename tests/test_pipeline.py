@@ -144,3 +144,35 @@ def test_redaction_leaves_nothing_unredacted_on_disk(tmp_path, hash_config):
         if p.is_file():
             data = p.read_bytes()
             assert secret_mail.encode() not in data and b"4111 1111" not in data, p
+
+
+def test_document_aggregation_pools_chunks_per_document_and_fuses_once(tmp_path, mini_corpus, hash_config):
+    """aggregate="document": each document once, represented by its best chunk, with scores equal
+    to max-pooling the chunk lists by hand and fusing those (convex, z-score, config alpha)."""
+    from rag.fusion import convex
+
+    rag, _ = _ingest(tmp_path, mini_corpus, hash_config)
+    q = "checksum compression data format"
+    cfg = rag.config.retrieval
+    docs = rag.search(q, top_k=5, aggregate="document")
+    doc_ids = [h.chunk.doc_id for h in docs]
+    assert len(doc_ids) == len(set(doc_ids)) == 5  # five documents in the corpus, each once
+
+    def pooled(mode):
+        best = {}
+        for h in rag.search(q, top_k=1000, mode=mode):  # every matching chunk, best first
+            best.setdefault(h.chunk.doc_id, (h.chunk.id, h.score))
+        return best
+
+    d, s = pooled("dense"), pooled("bm25")
+    # the fused item of a document found by both retrievers carries the dense list's chunk id
+    rep = {doc: cid for doc, (cid, _) in d.items()}
+    dl = (np.array([cid for cid, _ in d.values()]), np.array([sc for _, sc in d.values()], np.float32))
+    sl = (np.array([rep.get(doc, cid) for doc, (cid, _) in s.items()]), np.array([sc for _, sc in s.values()], np.float32))
+    want = convex([dl, sl], weights=[cfg.alpha, 1 - cfg.alpha], norm=cfg.norm)
+    assert [h.chunk.id for h in docs] == [cid for cid, _ in want[:5]]
+    assert [round(h.score, 5) for h in docs] == [round(sc, 5) for _, sc in want[:5]]
+    # a document-level bm25 search returns each document's best BM25 chunk
+    bm = rag.search(q, top_k=5, mode="bm25", aggregate="document")
+    assert [(h.chunk.id, round(h.score, 5)) for h in bm] == sorted(
+        [(cid, round(sc, 5)) for cid, sc in s.values()], key=lambda x: -x[1])[: len(bm)]

@@ -119,6 +119,14 @@ class DocStore:
         rows = self.conn.execute("SELECT id FROM chunks ORDER BY id").fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def chunk_documents(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(chunk ids (n,) int64 ascending, document codes (n,) int64)``: the code is the
+        document row's SQLite rowid, equal for all chunks of one document (per-document
+        pooling without reading chunk texts)."""
+        rows = self.conn.execute("SELECT c.id, d.rowid FROM chunks c JOIN documents d ON d.id = c.doc_id ORDER BY c.id").fetchall()
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+
     def iter_index_texts(self) -> Iterator[tuple[int, str]]:
         """(chunk id, text to index) in id order; the text is ``title + "\\n" + chunk text``."""
         q = "SELECT c.id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id ORDER BY c.id"

@@ -66,6 +66,7 @@ class Snapshot:
     docstore: DocStore
     _dense: Any = None
     _sparse: Any = None
+    _doc_codes: Any = None
 
     @property
     def generation(self) -> int:
@@ -98,6 +99,19 @@ class Snapshot:
             if self._sparse.n_docs != n:
                 raise IndexFormatError(str(self.gen_dir / SPARSE), f"holds {self._sparse.n_docs} chunks but the docstore has {n}")
         return self._sparse
+
+    def document_codes(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """(m,) int64 document code of each chunk id (see
+        :meth:`DocStore.chunk_documents`); the id -> code table (16 bytes per chunk) is read
+        once per snapshot. Ids not in the docstore get -1."""
+        if self._doc_codes is None:
+            self._doc_codes = self.docstore.chunk_documents()
+        ids, codes = self._doc_codes
+        q = np.asarray(chunk_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return np.full(q.shape, -1, dtype=np.int64)
+        j = np.minimum(np.searchsorted(ids, q), ids.size - 1)
+        return np.where(ids[j] == q, codes[j], -1)
 
     def vectors(self, mmap: bool = True) -> np.ndarray:
         """(n, dim) float32 stored embeddings, rows in ascending chunk id order."""
