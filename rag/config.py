@@ -23,11 +23,14 @@ DEFAULT_GENERATOR = "smollm2"
 
 @dataclass
 class EmbeddingConfig:
-    """Embedder settings. ``model``: alias, local sentence-transformers folder or cached HF name."""
+    """Embedder settings. ``model``: alias, local sentence-transformers folder or cached HF name.
+    ``query_backend``: "auto" embeds single queries with an ONNX Runtime export of the model when
+    possible (:mod:`rag.onnx_query`), "torch" always uses PyTorch."""
 
     model: str = DEFAULT_EMBEDDER
     batch_size: int = 64
     device: str = "cpu"
+    query_backend: str = "auto"
 
 
 @dataclass
@@ -164,6 +167,8 @@ class RagConfig:
             raise ConfigError(f"chunking.chunk_size_tokens must be in [8, 8192], not {c.chunk_size_tokens}")
         if not 0 <= c.chunk_overlap_tokens < c.chunk_size_tokens:
             raise ConfigError("chunking.chunk_overlap_tokens must be >= 0 and < chunk_size_tokens")
+        if self.embedding.query_backend not in ("auto", "torch"):
+            raise ConfigError(f"embedding.query_backend must be 'auto' or 'torch', not {self.embedding.query_backend!r}")
         r = self.retrieval
         if r.fusion not in ("rrf", "convex"):
             raise ConfigError(f"retrieval.fusion must be 'rrf' or 'convex', not {r.fusion!r}")

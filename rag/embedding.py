@@ -94,6 +94,8 @@ class SentenceTransformerEmbedder:
         self.allow_pickle = allow_pickle
         self._model = None
         self._lock = threading.Lock()
+        self._onnx = None  # None: not tried yet; False: unavailable; else OnnxQueryEncoder
+        self._onnx_lock = threading.Lock()
         name = "all-MiniLM-L6-v2" if self.config.model == DEFAULT_EMBEDDER else self.config.model
         fp = _folder_fingerprint(self.path)
         self.model_id = f"{name}@{fp}" if fp else name
@@ -149,6 +151,47 @@ class SentenceTransformerEmbedder:
                     raise ModelError(f"cannot load tokenizer of embedder {self.config.model!r}: {str(e).splitlines()[0]}") from None
         return self._tokenizer
 
+    def query_encoder(self):
+        """The :class:`rag.onnx_query.OnnxQueryEncoder` for single queries, or None.
+
+        Used when ``config.query_backend == "auto"``, onnxruntime is installed and the model is a
+        local Transformer + mean-pooling folder. The graph comes from the cache
+        (:func:`rag.onnx_query.cache_dir`) or is exported from the loaded PyTorch model once
+        (about 2 s) and checked against it; any failure leaves the PyTorch path in place."""
+        if self._onnx is None:
+            with self._onnx_lock:
+                if self._onnx is None:
+                    self._onnx = self._load_query_encoder() or False
+        return self._onnx or None
+
+    def _load_query_encoder(self):
+        if getattr(self.config, "query_backend", "auto") != "auto" or not Path(self.path).is_dir():
+            return None
+        from . import onnx_query
+
+        if not onnx_query.onnxruntime_available():
+            return None
+        plain = onnx_query.plain_mean_pooling_model(self.path)
+        if plain is None:
+            return None
+        max_len, normalize = plain
+        try:
+            target = onnx_query.cache_dir() / "onnx" / f"{onnx_query.weights_key(self.path, self.model_id)}.onnx"
+        except OSError:
+            return None
+        if target.is_file():
+            try:
+                return onnx_query.OnnxQueryEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize)
+            except Exception as e:  # noqa: BLE001 - a damaged cache file: export again
+                log.warning("cached query encoder %s is unreadable (%s); exporting it again", target, type(e).__name__)
+        try:
+            return onnx_query.export(self.model, self.path, target, max_len, normalize)
+        except ModelError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            log.warning("no ONNX query encoder (%s)", type(e).__name__)
+            return None
+
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised; batches of ``config.batch_size``."""
         if len(texts) == 0:
@@ -165,10 +208,18 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         """(dim,) float32, L2-normalised.
 
-        Runs torch on one thread: a single short query gains nothing from intra-op parallelism,
+        Uses the ONNX Runtime copy of the model when :meth:`query_encoder` has one (same
+        vectors, 3x faster; see :mod:`rag.onnx_query`). Otherwise runs torch on one thread: a single short query gains nothing from intra-op parallelism,
         and a second OpenMP thread that must wait for a busy core made a query 10x slower here
         (MiniLM on 2 loaded cores: 984 ms with 2 threads, 100 ms with 1).
         """
+        enc = self.query_encoder()
+        if enc is not None:
+            try:
+                return enc.encode(text)
+            except Exception as e:  # noqa: BLE001 - fall back to PyTorch for good
+                log.warning("ONNX query encoder failed (%s); using PyTorch", type(e).__name__)
+                self._onnx = False
         import torch
 
         with _TORCH_THREADS_LOCK:

@@ -92,35 +92,33 @@ def convex(results: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[f
     """
     if len(weights) != len(results):
         raise ValueError(f"{len(results)} result lists but {len(weights)} weights")
-    per_list: list[tuple[dict[int, float], float]] = []
+    per_list: list[tuple[np.ndarray, np.ndarray, float] | None] = []
     for ids, scores in results:
-        ids = np.asarray(ids).reshape(-1)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if ids.shape[0] != scores.shape[0]:
             raise ValueError(f"a result list has {ids.shape[0]} ids but {scores.shape[0]} scores")
-        best: dict[int, float] = {}
-        for i, s in zip(ids.tolist(), scores.tolist()):
-            i = int(i)
-            if i not in best or s > best[i]:
-                best[i] = s
-        if not best:
-            per_list.append(({}, 0.0))
+        if ids.size == 0:
+            per_list.append(None)  # an empty list contributes nothing
             continue
-        keys = list(best)
-        raw = np.fromiter(best.values(), dtype=np.float64, count=len(best))
+        order = np.lexsort((-scores, ids))  # by id, best score first within an id
+        ids, scores = ids[order], scores[order]
+        first = np.ones(ids.size, dtype=bool)
+        first[1:] = ids[1:] != ids[:-1]
+        ids, raw = ids[first], scores[first]
         normed = normalize(raw, norm)
-        no_spread = not raw.max() > raw.min()
-        missing = 0.0 if no_spread else float(normed.min())
-        per_list.append((dict(zip(keys, normed.tolist())), missing))
-    all_ids: set[int] = set()
-    for d, _ in per_list:
-        all_ids.update(d)
-    fused: dict[int, float] = {}
-    for doc in all_ids:
-        total = 0.0
-        for (d, missing), w in zip(per_list, weights):
-            if not d:
-                continue  # an empty list contributes nothing
-            total += float(w) * d.get(doc, missing)
-        fused[doc] = total
-    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+        missing = 0.0 if not raw.max() > raw.min() else float(normed.min())
+        per_list.append((ids, normed, missing))
+    present = [p for p in per_list if p is not None]
+    if not present:
+        return []
+    all_ids = np.unique(np.concatenate([p[0] for p in present]))
+    total = np.zeros(all_ids.size, dtype=np.float64)
+    for p, w in zip(per_list, weights):
+        if p is None:
+            continue
+        vals = np.full(all_ids.size, p[2], dtype=np.float64)
+        vals[np.searchsorted(all_ids, p[0])] = p[1]
+        total += float(w) * vals
+    order = np.lexsort((all_ids, -total))
+    return list(zip(all_ids[order].tolist(), total[order].tolist()))

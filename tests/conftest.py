@@ -13,6 +13,20 @@ DATA = Path(__file__).resolve().parent / "data"
 SHARED = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Derived model files (the ONNX query encoder) go to a per-session folder, not ~/.cache."""
+    import os
+
+    old = os.environ.get("RAG_CACHE_DIR")
+    os.environ["RAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("rag-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RAG_CACHE_DIR", None)
+    else:
+        os.environ["RAG_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def mini_corpus(tmp_path) -> Path:
     """A writable copy of tests/data/mini (5 real document excerpts)."""

@@ -284,3 +284,44 @@ def test_scifact_effectiveness():
     assert 0.64 <= ndcg <= 0.72, ndcg
     # build time and latency are printed, not asserted: speed is shown by benchmarks/, since a
     # timed assertion fails on a busy machine without any defect
+
+
+def _zipf_corpus(n_docs: int, vocab: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(vocab)])
+    lens = rng.integers(5, 40, size=n_docs)
+    ranks = np.minimum(rng.zipf(1.2, size=int(lens.sum())), vocab) - 1
+    out, at = [], 0
+    for m in lens:
+        out.append(" ".join(words[ranks[at:at + m]]))
+        at += m
+    return out
+
+
+def test_maxscore_pruning_returns_exactly_the_exhaustive_top_k():
+    """MaxScore must prune (common terms have long lists and small bounds) and still return the
+    exhaustive ranking: same ids, same float32 scores, ties by id."""
+    texts = _zipf_corpus(40_000, 3_000, seed=1)
+    idx = BM25Index.build(texts, np.arange(100, 100 + len(texts)), BM25Config(stemming=False, stopwords=False))
+    everything = idx.ids.copy()  # an allow-list of all chunks forces the exhaustive path
+    rng = np.random.default_rng(2)
+    pruned = 0
+    for qi in range(60):
+        # a common word, a mid-frequency word and a rare word, as real queries mix them
+        q = " ".join(f"w{r}" for r in (rng.integers(0, 5), rng.integers(5, 200), rng.integers(200, 3000)))
+        for k in (1, 10, 100):
+            fast = idx._search_maxscore(q, k)
+            ref = idx.search(q, k, allowed_ids=everything)
+            if fast is None:
+                continue
+            pruned += 1
+            assert fast[1].tolist() == ref[1].tolist(), (q, k)
+            assert fast[0].tolist() == ref[0].tolist(), (q, k)
+            assert idx.search(q, k)[1].tolist() == ref[1].tolist()
+    assert pruned >= 100  # the pruned path really ran for most of the 180 (query, k) pairs (120 here)
+
+
+def test_maxscore_is_not_used_for_robertson_weights():
+    texts = _zipf_corpus(5_000, 500, seed=3)
+    idx = BM25Index.build(texts, np.arange(len(texts)), BM25Config(stemming=False, stopwords=False), idf="robertson")
+    assert idx._search_maxscore("w0 w1 w300", 10) is None
