@@ -14,23 +14,25 @@ Pipeline for one question and its retrieved hits (:meth:`GroundedAnswerer.stream
 3. **Answer.** With a generator that exposes :meth:`token_logprobs` (the default transformers
    generator) the answer is a short span *copied from the best supporting sentence*: candidate
    spans (1-``MAX_SPAN_WORDS`` words, not starting/ending with stop words, not made of question
-   words) are scored by the model's log-likelihood of ``"<span> ["`` after a one-shot prompt whose
-   only source is that sentence, plus question-type priors (numbers for "how many", years for
-   "when", no bare number/year for other questions, capitalised names for who/where), a
-   per-type length bonus (``SPAN_LENGTH_BONUS``) and a penalty for distance from the question's
-   words in the sentence (``SPAN_PROXIMITY_WEIGHT``). The supporting sentence travels as the
-   citation quote.
+   words) are scored by the model's log-likelihood of ``"<span> ["`` after a four-example
+   prompt (:data:`rag.prompting.FEW_SHOT`) whose only source is that sentence, for the spans of
+   the ``SPAN_TOP_STARTS`` likeliest start words; plus question-type priors (numbers for "how
+   many", years for "when", no bare number/year for other questions, capitalised names for
+   who/where), a per-type length bonus (``SPAN_LENGTH_BONUS``) and a penalty for distance from
+   the question's words (``SPAN_PROXIMITY_WEIGHT``). The spans of the ``SPAN_PMI_STARTS`` best
+   start words are then scored again with a question-free prompt and ``SPAN_PMI_WEIGHT`` times
+   that log-likelihood is subtracted (domain-conditional PMI): a span the model would copy
+   whatever the question loses its head start. The supporting sentence travels as the citation
+   quote.
 
-   Measured on XQuAD-en dev (60 questions, dense top-5, offline rescoring of the same model
-   log-probabilities): previous settings (6 words, no length bonus, weak number prior) F1 .391 /
-   contains .350 / EM .333; stronger type priors alone: no change; + length bonus 1.0 and
-   8 words: .409 / .383 / .283; + proximity 0.4 and per-type bonus, 10 words (chosen):
-   .391 / .467 / .200. Tried and dropped: scoring the 2 best sentences (contains .15-.25 on the
-   first 20: the model prefers confident spans of wrong sentences), widening the chosen span to
-   a fixed window or through "of ..." phrases (contains +0-0.02, F1 -0.03 to -0.06), stronger
-   length bonuses (F1 falls, contains flat). Real pipeline (`rag eval qa --split test --limit 20
-   --ood-limit 10`, machine at load 7-11 on 2 cores): F1 .406, contains .50, EM .30, citation
-   precision 1.0, 0 dangling, false abstention .05, OOD abstention 1.0, TTFT p50 5.4 s. Other generators get the
+   Tuned offline on the XQuAD-en dev split (``benchmarks/span_tuning.py``, 150 questions,
+   replaying the recorded model scores), then run through the real pipeline
+   (``rag eval qa --split dev --limit 150``): one-example prompt, 8 starts, no PMI (the previous
+   default) F1 .347 / contains .447; four examples: .380 / .447; + PMI 0.4 over the 4 best of 12
+   starts and smaller length bonuses: .482 / .540 (real pipeline). Tried and dropped: scoring
+   the 2 best sentences (the model prefers confident spans of wrong sentences; contains -.05 to
+   -.08), widening the chosen span to a fixed window (F1 -0.03 to -0.06, contains +0-0.02).
+   Held-out results are in README.md. Other generators get the
    numbered sources (:func:`rag.prompting.build_prompt`) and their free text is checked: markers
    are resolved (:func:`rag.prompting.parse_citations`), unmarked supported sentences get a
    citation, and an answer with no supported sentence falls back to the extractive answer.
@@ -83,7 +85,7 @@ LEXICAL_WEIGHT = 0.5
 EMBED_CACHE_SIZE = 20_000
 MAX_SPAN_WORDS = 10
 SPAN_END_TEXT = " ["
-SPAN_LENGTH_BONUS = {"other": 2.0, "person": 1.5, "place": 1.5, "number": 1.0, "date": 1.0}
+SPAN_LENGTH_BONUS = {"other": 0.5, "person": 1.0, "place": 1.0, "number": 1.0, "date": 1.0}
 """Log-space bonus per extra word of a candidate span, by question type (tuned on the XQuAD dev
 split): the model's summed log-likelihood favours 1-2 word spans, SQuAD answers to what/how/why
 questions are longer phrases."""
@@ -91,6 +93,19 @@ SPAN_PROXIMITY_WEIGHT = 0.4
 """Log-space penalty per word between a span and the nearest question word in the sentence
 (capped at ``SPAN_PROXIMITY_CAP`` words): SQuAD answers sit next to the question's words."""
 SPAN_PROXIMITY_CAP = 10
+SPAN_PMI_WEIGHT = 0.4
+"""Weight of the question-free log-likelihood subtracted from a span's score (domain-conditional
+PMI, Holtzman et al. 2021, "Surface Form Competition"): spans the model would copy from the
+sentence whatever the question (its first words, numbers) lose their head start. 0 disables
+the second scoring pass."""
+SPAN_PMI_STARTS = 4
+"""How many start words (best by the question-conditioned score) are scored again for PMI."""
+SPAN_TOP_STARTS = 12
+"""Start words whose spans are scored: the 12 whose first token the model finds likeliest
+(plus the type prior); bounds the model cost to one prefill and 12 + 4 short sequences."""
+NULL_QUESTION = "What does the source say?"
+"""The question of the PMI baseline prompt; everything before it is shared with the real
+prompt, so its KV cache is reused and only the spans are scored again."""
 PRIOR_ONLY_NUMBER = -4.0
 """Type prior of a span made only of numbers/years/months for a non-numeric question."""
 PRIOR_HAS_YEAR = -2.0
@@ -98,7 +113,7 @@ PRIOR_HAS_YEAR = -2.0
 
 
 # --------------------------------------------------------------------------- text helpers
-_WORD_RE = re.compile(r"\w+(?:[-'’.,/:]\w+)*%?", re.U)
+_WORD_RE = re.compile(r"\w+(?:[-–'’.,/:]\w+)*%?", re.U)
 _SPAN_STOP = frozenset(
     "a an the of in on at to for by with from and or but is are was were be been being it its this that these those "
     "as which who whom what when where why how did do does has have had not no than then also into over under "
@@ -231,9 +246,11 @@ class GroundedAnswerer:
         abstain_floor_dense: float = DEFAULT_ABSTAIN_FLOOR_DENSE,
         mode: str = "auto",
         context_sentences: int = 1,
-        top_starts: int | None = 8,
+        top_starts: int | None = SPAN_TOP_STARTS,
         length_bonus: float | dict | None = None,
         proximity_weight: float = SPAN_PROXIMITY_WEIGHT,
+        pmi_weight: float = SPAN_PMI_WEIGHT,
+        pmi_starts: int = SPAN_PMI_STARTS,
     ):
         self.generator = generator
         self.embedder = embedder
@@ -246,6 +263,8 @@ class GroundedAnswerer:
         self.top_starts = top_starts
         self.length_bonus = dict(SPAN_LENGTH_BONUS) if length_bonus is None else length_bonus
         self.proximity_weight = proximity_weight
+        self.pmi_weight = pmi_weight
+        self.pmi_starts = pmi_starts
         self._cache: dict[str, np.ndarray] = {}
         if mode == "auto":
             if isinstance(generator, ExtractiveGenerator):
@@ -434,7 +453,9 @@ class GroundedAnswerer:
             rows = self.generator.token_logprobs(  # type: ignore[attr-defined]
                 msgs, seq_texts, end_text=SPAN_END_TEXT, top_first=self.top_starts, first_bonus=bonus
             )
-            for (s, cs), row in zip(starts.items(), rows):
+            # stage 1: question-conditioned score of every span of the scored starts
+            scored: dict[int, list[tuple[float, float, tuple[int, int, list[str]]]]] = {}
+            for i, ((s, cs), row) in enumerate(zip(starts.items(), rows)):
                 if row is None:
                     continue
                 ends, tl, el = row
@@ -444,10 +465,31 @@ class GroundedAnswerer:
                     if rel_end not in ends:
                         continue  # span end falls inside a token
                     j = ends.index(rel_end)
-                    score = (float(cum[j] + el[j]) + _type_prior(c[2], qtype) + lb * (len(c[2]) - 1)
-                             - prox(w_at[c[0]], w_end[c[1]]))
-                    if score > best_total:
-                        best_total, best = score, (sent, c)
+                    lp = float(cum[j] + el[j])
+                    rest = _type_prior(c[2], qtype) + lb * (len(c[2]) - 1) - prox(w_at[c[0]], w_end[c[1]])
+                    scored.setdefault(i, []).append((lp, rest, c))
+            # stage 2 (PMI): the best starts' spans scored again without the question; what the
+            # model would copy from this sentence anyway (its first words, numbers) loses its head start
+            keep = sorted(scored, key=lambda i: -max(lp + r for lp, r, _ in scored[i]))
+            if self.pmi_weight and keep:
+                keep = keep[: self.pmi_starts]
+                null_rows = self.generator.token_logprobs(  # type: ignore[attr-defined]
+                    self._span_messages(NULL_QUESTION, title, sent.text), [seq_texts[i] for i in keep],
+                    end_text=SPAN_END_TEXT,
+                )
+                s_of = list(starts)
+                for i, null in zip(keep, null_rows):
+                    n_ends, n_tl, n_el = null
+                    n_cum = np.cumsum(n_tl)
+                    out = []
+                    for lp, rest, c in scored[i]:
+                        j = n_ends.index(c[1] - s_of[i])  # same text, same tokens as stage 1
+                        out.append((lp - self.pmi_weight * float(n_cum[j] + n_el[j]), rest, c))
+                    scored[i] = out
+            for i in keep:
+                for lp, rest, c in scored[i]:
+                    if lp + rest > best_total:
+                        best_total, best = lp + rest, (sent, c)
         if best is None:
             return self._extractive(question, hits, ev)
         sent, (s, e, _) = best

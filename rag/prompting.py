@@ -25,14 +25,25 @@ SYSTEM_PROMPT = (
 )
 
 FEW_SHOT = [
-    {
-        "role": "user",
-        "content": "Sources:\n[1] Eiffel Tower\nThe Eiffel Tower was completed in 1889 and is 330 metres tall.\n\n"
-        "Question: When was the Eiffel Tower completed?",
-    },
+    {"role": "user", "content": "Sources:\n[1] Eiffel Tower\nThe Eiffel Tower was completed in 1889 and is 330 metres tall.\n\n"
+                                "Question: When was the Eiffel Tower completed?"},
     {"role": "assistant", "content": "1889 [1]"},
+    {"role": "user", "content": "Sources:\n[1] Honey bee\nWorker bees store the nectar they collect as honey in hexagonal wax "
+                                "cells called honeycomb.\n\nQuestion: What are the wax cells that bees store honey in called?"},
+    {"role": "assistant", "content": "honeycomb [1]"},
+    {"role": "user", "content": "Sources:\n[1] Apollo 11\nOn 20 July 1969 Neil Armstrong and Buzz Aldrin landed the lunar "
+                                "module Eagle in the Sea of Tranquility.\n\nQuestion: Who landed the lunar module with Neil Armstrong?"},
+    {"role": "assistant", "content": "Buzz Aldrin [1]"},
+    {"role": "user", "content": "Sources:\n[1] Amazon rainforest\nThe rainforest covers seven million square kilometres, and "
+                                "deforestation is driven mainly by cattle ranching and soy farming.\n\n"
+                                "Question: What mainly drives deforestation of the rainforest?"},
+    {"role": "assistant", "content": "cattle ranching and soy farming [1]"},
 ]
-"""One worked example (Brown et al. 2020, few-shot prompting) showing the short-answer + [n] form."""
+"""Four worked examples (Brown et al. 2020, few-shot prompting) of the short-answer + [n] form:
+a date, a name for a thing, a person, a longer phrase. Written for this project (not from any
+evaluation set). Against the one-example prompt they raised span-scoring F1 on the XQuAD dev
+split from .347 to .380 at the same settings (150 questions). The span-scoring prompt repeats
+them for every question; their KV cache is reused (TransformersGenerator._prefill)."""
 
 TRUNCATION_MARK = "[...]"
 

@@ -138,3 +138,50 @@ def test_rewrite_query_carries_topic_into_follow_up():
     assert "zlib" in q and "licence" in q and q.startswith("and what about its author?")
     assert rewrite_query("Who wrote the zlib library?", hist) == "Who wrote the zlib library?"
     assert rewrite_query("and what about its author?", []) == "and what about its author?"
+
+
+class _SpanLM(EchoGenerator):
+    """A fake causal LM for span scoring: every word token costs -1 nat, and the log-probability
+    of ending the span (" [") after a word comes from ``cond_end`` when the prompt holds the real
+    question and from ``null_end`` under the PMI baseline prompt (default -6)."""
+
+    def __init__(self, cond_end, null_end):
+        super().__init__()
+        self.cond_end, self.null_end, self.calls = cond_end, null_end, []
+
+    def token_logprobs(self, messages, texts, prefix="", end_text=None, batch_size=48, top_first=None, first_bonus=None):
+        from rag.answering import NULL_QUESTION, _WORD_RE
+
+        null = messages[-1]["content"].endswith(f"Question: {NULL_QUESTION}")
+        self.calls.append(("null" if null else "question", list(texts)))
+        table = self.null_end if null else self.cond_end
+        out = []
+        for t in texts:
+            words = [m.group(0) for m in _WORD_RE.finditer(t)]
+            ends = [m.end() for m in _WORD_RE.finditer(t)]
+            el = [table.get(" ".join(words[: j + 1]), -6.0) for j in range(len(words))]
+            out.append((ends, [-1.0] * len(words), el))
+        return out
+
+
+def test_span_scoring_subtracts_the_question_free_likelihood():
+    """'Kensington' is what this fake model would answer whatever the question (likely under the
+    baseline prompt too); 'Museum of Manufactures' is likely only given the question. Without
+    PMI the prior-heavy span wins, with PMI the question-specific one does, and the second pass
+    scores only the best starts, with the same sentence and the null question."""
+    text = "Kensington hosted the Museum of Manufactures at first."
+    ch = Chunk(id=1, doc_id="d", ordinal=0, start=0, end=len(text), text=text, source="v.md", title="V&A")
+    hits = [Hit(chunk=ch, score=1.0, rank=1, dense_score=0.9)]
+    q = "What was the museum originally called?"
+    cond = {"Kensington": -0.5, "Museum of Manufactures": -0.6}
+    null = {"Kensington": -0.5, "Museum of Manufactures": -5.0}
+    plain = answerer(_SpanLM(cond, null), mode="spans", pmi_weight=0.0, proximity_weight=0.0, length_bonus=0.0)
+    assert plain.answer(q, hits).text == "Kensington [1]"
+    gen = _SpanLM(cond, null)
+    pmi = answerer(gen, mode="spans", pmi_weight=1.0, proximity_weight=0.0, length_bonus=0.0, pmi_starts=2)
+    a = pmi.answer(q, hits)
+    assert a.text == "Museum of Manufactures [1]"
+    assert a.citations[0].quote == text and a.citations[0].chunk_id == 1
+    kinds = [k for k, _ in gen.calls]
+    assert kinds == ["question", "null"] and len(gen.calls[1][1]) == 2  # only the 2 best starts again
+    assert all(t.startswith(("Kensington", "Museum")) for t in gen.calls[1][1])
