@@ -197,7 +197,6 @@ def build(n: int, work: Path, args: argparse.Namespace) -> dict:
     from rag.config import BM25Config, RetrievalConfig
     from rag.index.dense import DenseIndex, _faiss
     from rag.index.sparse import BM25Index
-    from rag.retrieval import _pool as pool
 
     faiss = _faiss()
     res: dict = {"n": n, "base_rss_mb": maxrss_mb()}
@@ -249,6 +248,7 @@ def serve(work: Path, args: argparse.Namespace) -> dict:
     from rag.fusion import convex, rrf
     from rag.index.dense import DenseIndex, _faiss
     from rag.index.sparse import BM25Index
+    from rag.retrieval import _pool as pool
 
     _faiss()
     res: dict = {"base_rss_mb": maxrss_mb()}
@@ -382,7 +382,7 @@ def details(rows: list[dict]) -> str:
                    f"build peak RSS {r['build_peak_rss_mb']:,.0f} MiB ({r['build_peak_rss_mb'] / raw:.2f}x; "
                    f"interpreter+numpy+faiss baseline {r['base_rss_mb']:,.0f}); serving peak RSS "
                    f"{r['serve_peak_rss_mb']:,.0f} MiB ({r['serve_peak_rss_mb'] / raw:.2f}x; after imports "
-                   f"{r['serve_base_rss_mb']:,.0f}; includes torch + MiniLM), ru_maxrss of each process.")
+                   f"{r['serve_base_rss_mb']:,.0f}; includes the query encoder), ru_maxrss of each process.")
         out.append(f"  Build: texts {r['gen_text_s']:.0f} s, BM25 {r['bm25_build_s']:.0f} s ({r['postings']:,} postings), "
                    f"dense {r['dense_build_s']:.0f} s, exact top-10 {r['exact_s']:.1f} s; serving load {r['load_s']:.1f} s; "
                    f"hybrid fusion: {r['fusion']}, candidate depth {r['depth']}; wall {r['wall_s']:.0f} s.")

@@ -325,3 +325,13 @@ def test_maxscore_is_not_used_for_robertson_weights():
     texts = _zipf_corpus(5_000, 500, seed=3)
     idx = BM25Index.build(texts, np.arange(len(texts)), BM25Config(stemming=False, stopwords=False), idf="robertson")
     assert idx._search_maxscore("w0 w1 w300", 10) is None
+
+
+def test_maxscore_is_not_used_when_postings_are_out_of_order():
+    """A hand-made index whose postings do not ascend within a term must fall back to exhaustive
+    scoring (binary search would silently miss postings)."""
+    idx = BM25Index.build(["a b c", "b c d", "c d e", "a e"] * 3000, np.arange(12000), BM25Config(stemming=False, stopwords=False))
+    assert idx._pruning_bounds() is not None
+    idx._term_max = None
+    idx.indices[5], idx.indices[6] = idx.indices[6], idx.indices[5]
+    assert idx._pruning_bounds() is None and idx._search_maxscore("a c e", 10) is None
