@@ -418,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmp", default=None, help="folder for the saved indexes (deleted after)")
     p.add_argument("--real-vectors", default=REAL_VECTORS, help="(n, 384) float32 .npy of real embeddings to compare")
     p.add_argument("--out", default=None, help="also write the report (Markdown) here")
+    p.add_argument("--work-dir", default=None,
+                   help="keep each size's index under DIR/<n> and reuse a finished build there (serve only)")
     p.add_argument("--phase", choices=["build", "serve"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -439,11 +441,20 @@ def main(argv: list[str] | None = None) -> int:
               "--seed", str(args.seed)]
     rows = []
     for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-        work = Path(tempfile.mkdtemp(prefix="rag-scale-", dir=args.tmp))
+        keep = args.work_dir is not None
+        if keep:
+            work = Path(args.work_dir) / str(n)
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(tempfile.mkdtemp(prefix="rag-scale-", dir=args.tmp))
         try:
             t0 = time.perf_counter()
             row: dict = {}
             for phase in ("build", "serve"):
+                if phase == "build" and keep and (work / "build.json").exists():
+                    row.update(json.loads((work / "build.json").read_text()))
+                    print(f"[{n:,} build] reused {work}", flush=True)
+                    continue
                 cmd = [sys.executable, __file__, "--phase", phase, "--n", str(n), "--work", str(work)] + common
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
@@ -453,12 +464,15 @@ def main(argv: list[str] | None = None) -> int:
                 if phase == "serve":
                     got["serve_base_rss_mb"] = got.pop("base_rss_mb")
                 row.update(got)
+                if phase == "build" and keep:
+                    (work / "build.json").write_text(json.dumps(got))
                 print(f"[{n:,} {phase}] {json.dumps(got)}", flush=True)
             row["wall_s"] = time.perf_counter() - t0
             row["depth"] = RetrievalConfig().candidate_depth
             rows.append(row)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
     table = ["", f"Scale benchmark ({os.cpu_count()} CPUs visible, {len(os.sched_getaffinity(0))} usable; "
              f"latencies over {args.queries} queries, embedding included in dense and hybrid):", "",
              markdown(rows), "", details(rows)]
