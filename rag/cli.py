@@ -531,7 +531,7 @@ def eval_group():
 
 @eval_group.command("retrieval")
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--index", default=None, help="Existing index of the corpus (default: build one in a temp folder).")
+@click.option("--index", default=None, help="Existing index of the corpus (default: build or reuse indexes/eval/<dataset>-<settings hash>).")
 @click.option("--modes", default="bm25,dense,hybrid", show_default=True)
 @click.option("--split", default="test", show_default=True)
 @click.option("--fusion", type=click.Choice(["rrf", "convex"]), default=None)
@@ -561,7 +561,7 @@ def eval_retrieval_cmd(ctx, dataset_dir, index, modes, split, fusion, alpha, lim
 
 @eval_group.command("qa")
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--index", default=None, help="Existing index of passages.jsonl (default: build one in a temp folder).")
+@click.option("--index", default=None, help="Existing index of passages.jsonl (default: build or reuse indexes/eval/<dataset>-<settings hash>).")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N questions.")
 @click.option("--ood", type=click.Path(exists=True, dir_okay=False), default=None,
               help="queries.jsonl of out-of-domain questions for abstention (default: SciFact beside the dataset, if present).")
