@@ -22,7 +22,7 @@ log = logging.getLogger("rag")
 
 MODES = ("hybrid", "dense", "bm25")
 PARALLEL_HYBRID = True
-"""Run BM25 beside query embedding + dense search in hybrid mode (one shared worker thread)."""
+"""Run BM25 beside query embedding + dense search in hybrid mode (a shared pool of two worker threads)."""
 _POOL = None
 _POOL_LOCK = threading.Lock()
 
