@@ -37,25 +37,21 @@ from rag.answering import (  # noqa: E402
     _stems,
     _type_prior,
     question_type,
+    span_logprobs,
 )
 from rag.eval_qa import f1_score, load_questions, normalize_answer  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "qa-xquad-en"
 
 
-def _score_rows(rows, starts, seqs):
-    """{(start, end): log P(span + " [")} from token_logprobs rows."""
+def _score_rows(rows, starts):
+    """{(start, end): log P(span + " [")} from token_logprobs rows (one per start word)."""
     out = {}
     for (s, cs), row in zip(starts.items(), rows):
-        if row is None:
-            continue
-        ends, tl, el = row
-        cum = np.cumsum(tl)
-        for c in cs:
-            rel = c[1] - s
-            if rel in ends:
-                j = ends.index(rel)
-                out[(c[0], c[1])] = float(cum[j] + el[j])
+        if row is not None:
+            for c, lp in zip(cs, span_logprobs(row, s, cs)):
+                if lp is not None:
+                    out[(c[0], c[1])] = lp
     return out
 
 
@@ -81,12 +77,12 @@ def dump(index: str, limit: int, split: str) -> list[dict]:
             bonus = [_type_prior(cs[0][2][:1], rec["qtype"]) for cs in starts.values()]
             rows = gen.token_logprobs(ans._span_messages(question, title, sent.text), seqs, end_text=SPAN_END_TEXT,
                                       top_first=16, first_bonus=bonus)
-            cond = _score_rows(rows, starts, seqs)
+            cond = _score_rows(rows, starts)
             scored = {s: cs for (s, cs), r in zip(starts.items(), rows) if r is not None}
             null_rows = gen.token_logprobs(ans._span_messages(NULL_QUESTION, title, sent.text),
                                            [sent.text[s:max(c[1] for c in cs)] for s, cs in scored.items()],
                                            end_text=SPAN_END_TEXT)
-            null = _score_rows(null_rows, scored, None)
+            null = _score_rows(null_rows, scored)
             first = {s: r[1][0] for (s, _), r in zip(starts.items(), rows) if r is not None}
             words = [(m.start(), m.end(), m.group(0)) for m in _WORD_RE.finditer(sent.text)]
             q_stems = _stems(question)

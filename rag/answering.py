@@ -180,6 +180,22 @@ class Evidence:
     seconds: float
 
 
+def span_logprobs(row, start: int, spans) -> list[float | None]:
+    """``log P(span + SPAN_END_TEXT)`` (natural log) for each ``(start, end, ...)`` span of a
+    text that begins at character ``start``, from one :meth:`token_logprobs` row
+    ``(ends, token_logp, end_logp)`` of that text; None where a span ends inside a token."""
+    ends, tl, el = row
+    cum = np.cumsum(tl)
+    pos: dict[int, int] = {}
+    for j, e in enumerate(ends):
+        pos.setdefault(e, j)  # first token ending there, as list.index would
+    out: list[float | None] = []
+    for sp in spans:
+        j = pos.get(sp[1] - start)
+        out.append(None if j is None else float(cum[j] + el[j]))
+    return out
+
+
 def question_type(question: str) -> str:
     """Coarse answer type from the wh-word: number, date, person, place, or other."""
     q = question.lower()
@@ -462,14 +478,9 @@ class GroundedAnswerer:
             for i, ((s, cs), row) in enumerate(zip(starts.items(), rows)):
                 if row is None:
                     continue
-                ends, tl, el = row
-                cum = np.cumsum(tl)
-                for c in cs:
-                    rel_end = c[1] - s
-                    if rel_end not in ends:
+                for c, lp in zip(cs, span_logprobs(row, s, cs)):
+                    if lp is None:
                         continue  # span end falls inside a token
-                    j = ends.index(rel_end)
-                    lp = float(cum[j] + el[j])
                     rest = _type_prior(c[2], qtype) + lb * (len(c[2]) - 1) - prox(w_at[c[0]], w_end[c[1]])
                     scored.setdefault(i, []).append((lp, rest, c))
             # stage 2 (PMI): the best starts' spans scored again without the question; what the
@@ -483,13 +494,9 @@ class GroundedAnswerer:
                 )
                 s_of = list(starts)
                 for i, null in zip(keep, null_rows):
-                    n_ends, n_tl, n_el = null
-                    n_cum = np.cumsum(n_tl)
-                    out = []
-                    for lp, rest, c in scored[i]:
-                        j = n_ends.index(c[1] - s_of[i])  # same text, same tokens as stage 1
-                        out.append((lp - self.pmi_weight * float(n_cum[j] + n_el[j]), rest, c))
-                    scored[i] = out
+                    # same text, same tokens as stage 1, so every span end is found again
+                    null_lp = span_logprobs(null, s_of[i], [c for _, _, c in scored[i]])
+                    scored[i] = [(lp - self.pmi_weight * nlp, rest, c) for (lp, rest, c), nlp in zip(scored[i], null_lp)]
             for i in keep:
                 for lp, rest, c in scored[i]:
                     if lp + rest > best_total:
