@@ -3,8 +3,11 @@
 Pipeline for one question and its retrieved hits (:meth:`GroundedAnswerer.stream`):
 
 1. **Evidence.** Every retrieved chunk is split into sentences; the question and the sentences
-   are embedded and each sentence gets ``support = cosine + LEXICAL_WEIGHT * overlap`` where
-   ``overlap`` is the fraction of the question's content-word stems found in the sentence.
+   are embedded and each sentence gets ``support = cosine + LEXICAL_WEIGHT * overlap +
+   TYPE_FIT_WEIGHT * type_fit`` where ``overlap`` is the IDF-weighted share of the question's
+   content-word stems found in the sentence (IDF over the retrieved sentences) and ``type_fit``
+   is 1 when the sentence holds the kind of token the question asks for (a number for "how
+   many", a year or month for "when", a name for "who"/"where"; always 1 for other questions).
 2. **Abstention** (before any model call). Abstain when the best dense cosine (question vs any
    retrieved chunk or sentence, re-embedded here) is below ``abstain_min_dense`` AND the best
    lexical coverage (IDF-weighted share of the question's content stems found in one chunk, a
@@ -82,7 +85,13 @@ DEFAULT_SUPPORT_THRESHOLD = 0.5
 """A generated sentence is supported by a chunk sentence when their embedding cosine is at least
 this, or when at least 60 % of its content words occur in the chunk, or it occurs verbatim."""
 
-LEXICAL_WEIGHT = 0.5
+LEXICAL_WEIGHT = 1.0
+TYPE_FIT_WEIGHT = 0.1
+"""Sentence ranking weights (cosine is the unit). Measured with all 1,190 XQuAD-en questions
+(dev / test halves) as the share whose best sentence holds the gold answer: plain overlap
+fraction x 0.5 (the previous rule) .798 / .805; IDF-weighted overlap x 1.0 .823 / .830; + type
+fit x 0.1 .828 / .837. IDF weighting stops frequent words ("the city") from outvoting the rare
+word that names the answer's sentence."""
 EMBED_CACHE_SIZE = 20_000
 MAX_SPAN_WORDS = 10
 SPAN_END_TEXT = " ["
@@ -163,11 +172,12 @@ class _Sentence:
     text: str
     dense: float = 0.0
     overlap: float = 0.0
+    type_fit: float = 1.0
     vector: np.ndarray | None = None
 
     @property
     def support(self) -> float:
-        return self.dense + LEXICAL_WEIGHT * self.overlap
+        return self.dense + LEXICAL_WEIGHT * self.overlap + TYPE_FIT_WEIGHT * self.type_fit
 
 
 @dataclass
@@ -237,6 +247,21 @@ def _type_prior(span_words: list[str], qtype: str) -> float:
         caps = sum(1 for w in span_words if w[:1].isupper() and not _NUM_RE.search(w))
         return pen + (1.0 if caps == len(span_words) else (0.0 if caps else -1.5))
     return pen
+
+
+def _type_fit(sentence: str, qtype: str, q_stems: set[str]) -> float:
+    """1.0 when ``sentence`` holds a token of the answer type ``qtype`` asks for (a number, a
+    year or month, a capitalised name that is not one of the question's words), else 0.0."""
+    if qtype == "other":
+        return 1.0
+    words = _WORD_RE.findall(sentence)
+    low = [w.lower() for w in words]
+    if qtype == "number":
+        return float(bool(_NUM_RE.search(sentence)) or any(w in _NUMBER_WORDS for w in low))
+    if qtype == "date":
+        return float(any(_YEAR_RE.search(w) for w in words) or any(w in _MONTHS for w in low))
+    # person / place: a name other than the question's own (the first word is capitalised anyway)
+    return float(any(w[:1].isupper() and _stem(w.lower()) not in q_stems for w in words[1:]))
 
 
 _NUMBER_WORDS = frozenset("one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred thousand million billion half dozen".split())
@@ -332,9 +357,15 @@ class GroundedAnswerer:
         # words absent from every retrieved chunk get the highest IDF of the set
         total = sum(idf.values()) or 1.0
         best_lexical = max((sum(idf[w] for w in q_stems if w in cs) / total for cs in chunk_stems), default=0.0)
-        for s in sents:
-            ss = _stems(s.text)
-            s.overlap = len(q_stems & ss) / (len(q_stems) or 1)
+        sent_stems = [_stems(s.text) for s in sents]
+        n_s = len(sents)
+        df = {w: sum(w in ss for ss in sent_stems) for w in q_stems}
+        s_idf = {w: math.log(1 + (n_s - d + 0.5) / (d + 0.5)) for w, d in df.items()}
+        s_total = sum(s_idf.values()) or 1.0
+        qtype = question_type(question)
+        for s, ss in zip(sents, sent_stems):
+            s.overlap = sum(v for w, v in s_idf.items() if w in ss) / s_total
+            s.type_fit = _type_fit(s.text, qtype, q_stems)
         sents.sort(key=lambda s: (-s.support, s.n, s.start))
         return Evidence(sents, best_dense, best_lexical, time.perf_counter() - t0)
 

@@ -111,6 +111,52 @@ def test_abstains_on_unrelated_question_without_calling_the_model():
     assert not b.abstained and gen.calls
 
 
+class _FlatEmbedder:
+    """Fake embedder: every text gets the same vector, so sentence ranking is lexical only."""
+
+    dim = 2
+
+    def embed_documents(self, texts):
+        return np.tile(np.array([[0.6, 0.8]], dtype=np.float32), (len(texts), 1))
+
+    def embed_query(self, text):
+        return self.embed_documents([text])[0]
+
+
+def _hits_of(texts):
+    out = []
+    for r, t in enumerate(texts, 1):
+        ch = Chunk(id=200 + r, doc_id=f"d{r}", ordinal=0, start=0, end=len(t), text=t, source=f"d{r}.md", title=f"T{r}")
+        out.append(Hit(chunk=ch, score=1.0 / r, rank=r, dense_score=0.5))
+    return out
+
+
+def test_best_sentence_weighs_rare_question_words_above_frequent_ones():
+    # each sentence holds 2 of the 4 question stems; only the last holds the rare "designed"
+    hits = _hits_of([
+        "The tower stands in the city centre near the tower gardens.",
+        "The city has another tower by the river.",
+        "The tower was designed by Gustave Eiffel.",
+    ])
+    ga = GroundedAnswerer(ExtractiveGenerator(), _FlatEmbedder(), GenerationConfig(backend="extractive"))
+    ev = ga.evidence("Which engineer designed the city tower?", hits)
+    assert ev.sentences[0].text == "The tower was designed by Gustave Eiffel."
+    # overlap is the IDF-weighted share: "designed" (in 1 of 3 sentences) outweighs "city" (2 of 3)
+    by_text = {s.text: s.overlap for s in ev.sentences}
+    assert by_text["The tower was designed by Gustave Eiffel."] > by_text["The city has another tower by the river."] > 0
+
+
+def test_best_sentence_prefers_the_asked_answer_type():
+    # same lexical overlap and cosine; in either order the sentence with a year answers "when"
+    # and the one with a name answers "who"
+    ga = GroundedAnswerer(ExtractiveGenerator(), _FlatEmbedder(), GenerationConfig(backend="extractive"))
+    year, name = "The bridge opened in 1932.", "The bridge was opened by Mayor Smith."
+    for texts in ([year, name], [name, year]):
+        hits = _hits_of(texts)
+        assert ga.answer("When was the bridge opened?", hits).text == f"{year} [{texts.index(year) + 1}]"
+        assert ga.answer("Who opened the bridge?", hits).text == f"{name} [{texts.index(name) + 1}]"
+
+
 def test_abstains_without_hits():
     a = answerer(EchoGenerator()).answer("anything", [])
     assert a.abstained and a.text == ABSTAIN_TEXT
