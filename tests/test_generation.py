@@ -124,9 +124,15 @@ def test_openai_compatible_unreachable_is_generation_error():
         g.generate(MSGS, GenerationOptions())
 
 
+@pytest.fixture(scope="module")
+def smollm2():
+    """One SmolLM2 load (20-50 s) shared by the slow tests of this module."""
+    return TransformersGenerator()
+
+
 @pytest.mark.slow
-def test_smollm2_stream_equals_generate_and_scores():
-    g = TransformersGenerator()
+def test_smollm2_stream_equals_generate_and_scores(smollm2):
+    g = smollm2
     opts = GenerationOptions(max_new_tokens=12)
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     text = g.generate(msgs, opts)
@@ -138,10 +144,10 @@ def test_smollm2_stream_equals_generate_and_scores():
 
 
 @pytest.mark.slow
-def test_smollm2_prompt_prefix_reuse_gives_identical_logprobs():
+def test_smollm2_prompt_prefix_reuse_gives_identical_logprobs(smollm2):
     """token_logprobs reuses the KV cache of the previous prompt's common prefix; the numbers
     must equal a cold computation, and a prompt sharing nothing must not reuse it."""
-    g = TransformersGenerator()
+    g = smollm2
     sys_msg = {"role": "system", "content": "You answer questions using only the numbered sources, briefly."}
     a = [sys_msg, {"role": "user", "content": "Sources:\n[1] T\nParis is the capital of France.\n\nQuestion: capital?"}]
     b = [sys_msg, {"role": "user", "content": "Sources:\n[1] U\nThe Loire is a long river.\n\nQuestion: longest river?"}]
@@ -156,3 +162,33 @@ def test_smollm2_prompt_prefix_reuse_gives_identical_logprobs():
     for c, w in zip(cold, warm):
         assert c[0] == w[0]
         assert c[1] == pytest.approx(w[1], abs=1e-4) and c[2] == pytest.approx(w[2], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_packed_scoring_equals_padded_batches(smollm2):
+    """token_logprobs packs all texts into one sequence (block-diagonal mask, per-text
+    positions); every log-probability must equal the padded-batch computation."""
+    g = smollm2
+    msgs = [{"role": "user", "content": "Sources:\n[1] T\nThe Loire, 1,006 km long, is the longest river in France.\n\n"
+                                        "Question: How long is the Loire?"}]
+    texts = ["1,006 km", "1,006 km long, is the longest", "the longest river in France", "Loire", "France"]
+    g._packing = None
+    packed = g.token_logprobs(msgs, texts, end_text=" [")
+    assert g._packing is True  # the first-call check passed and the packed path is in use
+    g._packing = False
+    padded = g.token_logprobs(msgs, texts, end_text=" [", batch_size=2)
+    for p, q in zip(packed, padded):
+        assert p[0] == q[0] and len(p[1]) == len(q[1]) == len(p[0])
+        assert p[1] == pytest.approx(q[1], abs=1e-4) and p[2] == pytest.approx(q[2], abs=1e-4)
+    # a pack limit smaller than the texts splits them over several packs with the same result
+    import rag.generation as gen_mod
+
+    old = gen_mod.PACK_MAX_TOKENS
+    gen_mod.PACK_MAX_TOKENS = 6
+    try:
+        g._packing = True
+        split = g.token_logprobs(msgs, texts, end_text=" [")
+    finally:
+        gen_mod.PACK_MAX_TOKENS = old
+    for p, q in zip(split, padded):
+        assert p[1] == pytest.approx(q[1], abs=1e-4) and p[2] == pytest.approx(q[2], abs=1e-4)
