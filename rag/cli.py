@@ -139,6 +139,9 @@ def ingest(ctx, paths, index, include, exclude, hidden, sync, no_dedup, acl, red
     """Load, chunk, deduplicate, embed and index PATHS (files or folders)."""
     from .loaders import LoaderOptions
 
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing and len(missing) == len(paths):  # nothing to ingest: fail before creating an index
+        _fail(f"{missing[0]}: no such file or directory" + (f" (and {len(missing) - 1} more path(s))" if len(missing) > 1 else ""))
     kinds = [k.strip() for k in redact.split(",") if k.strip()]
     bad = [k for k in kinds if k not in ("emails", "phones", "cards")]
     if bad:
@@ -240,8 +243,9 @@ def search(ctx, query, index, mode, top_k, fusion, rerank, filters, groups, as_j
     """Print the chunks that best match QUERY, with score, source and snippet."""
     from .pipeline import display_source
 
+    flt = _parse_filters(filters)  # a bad flag is reported before the index is opened
     rag = _open(ctx, index, {"retrieval": {"fusion": fusion, "reranker": rerank}})
-    hits = rag.search(query, top_k=top_k, mode=mode, filters=_parse_filters(filters), principals=_principals(groups))
+    hits = rag.search(query, top_k=top_k, mode=mode, filters=flt, principals=_principals(groups))
     if as_json:
         _emit_json({"query": query, "mode": mode or rag.config.retrieval.mode, "hits": [_hit_json(h) for h in hits],
                     "timings": rag.retriever.last_timings})
@@ -307,8 +311,8 @@ def _with_generation(f):
 def ask(ctx, question, index, top_k, filters, groups, generator, model, base_url, max_new_tokens, temperature, seed,
         no_stream, as_json):
     """Answer QUESTION from the indexed documents, citing them as [n]."""
-    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
     kw = dict(top_k=top_k, filters=_parse_filters(filters), principals=_principals(groups))
+    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
     if as_json:
         ans = rag.ask(question, **kw)
         _emit_json(_answer_json(ans))
@@ -456,8 +460,9 @@ def chat(ctx, index, session_id, user_id, top_k, filters, groups, generator, mod
     """Interactive conversation; follow-up questions use the history. Empty line or Ctrl-D ends."""
     from .conversation import Conversation
 
+    flt = _parse_filters(filters)
     rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
-    conv = Conversation(rag, session_id=session_id, user_id=user_id, top_k=top_k, filters=_parse_filters(filters),
+    conv = Conversation(rag, session_id=session_id, user_id=user_id, top_k=top_k, filters=flt,
                         principals=_principals(groups))
     click.echo(f"Session {conv.session_id}. Ask a question (empty line to quit).")
     while True:
@@ -595,6 +600,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("rag: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line instead of click's usage block
+        where = e.ctx.command_path if e.ctx is not None else "rag"
+        click.echo(f"rag: error: {e.format_message()} (see '{where} --help')", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -39,6 +39,14 @@ def test_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = rag("ingest", str(tmp_path), "--redact", "ssn", "--index", str(tmp_path / "i"))
     assert r.returncode == 2 and "--redact" in r.stderr
+    # usage errors are one line too, naming the option and where help is
+    r = rag("search", "x", "--filter", "nokeyvalue", "--index", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--filter" in r.stderr and "KEY=VALUE" in r.stderr and "rag search --help" in r.stderr
+    # a path that does not exist: one line naming it, exit 1, and no index folder left behind
+    r = rag("ingest", str(tmp_path / "nope.txt"), "--index", str(tmp_path / "j"), "--embedder", "hash-64")
+    assert r.returncode == 1 and r.stderr.strip() == f"rag: error: {tmp_path / 'nope.txt'}: no such file or directory"
+    assert not (tmp_path / "j").exists()
 
 
 def test_ingest_json_and_exit_codes(tmp_path, mini_corpus):
