@@ -36,8 +36,8 @@ Pipeline for one question and its retrieved hits (:meth:`GroundedAnswerer.stream
    .507 / .580 (the default). Tried and dropped: scoring the 2 best sentences (the model prefers
    confident spans of wrong sentences; contains -.05 to -.08), widening the chosen span to a
    fixed window (F1 -0.03 to -0.06, contains +0-0.02), spans of at most 6-8 words (contains
-   -.05), ranking start words by a 3-5 word prefix before scoring full spans (-.03 to -.08),
-   int8 dynamic quantisation of the model's linear layers (1.4x faster, contains .42).
+   -.05), ranking start words by a 3-7 word prefix before scoring full spans (0 to -.08),
+   int8 dynamic quantisation of the model's linear layers (1.35x faster, contains .42).
    Held-out results are in README.md. Other generators get the
    numbered sources (:func:`rag.prompting.build_prompt`) and their free text is checked: markers
    are resolved (:func:`rag.prompting.parse_citations`), unmarked supported sentences get a
