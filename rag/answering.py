@@ -537,7 +537,7 @@ class GroundedAnswerer:
         if best is None:
             return self._extractive(question, hits, ev)
         sent, (s, e, _) = best
-        span = sent.text[s:e]
+        span = " ".join(sent.text[s:e].split())  # a line break of the source is not part of the answer
         cit = make_citation(sent.n, sent.hit, (sent.start, sent.end))
         text = f"{span} [{sent.n}]"
         a_sent = AnswerSentence(text=span, supported=True, citations=(sent.n,), support_score=sent.support)

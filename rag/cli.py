@@ -486,6 +486,13 @@ def chat(ctx, index, session_id, user_id, top_k, filters, groups, generator, mod
     click.echo(f"Session {conv.session_id} saved.")
 
 
+def _require_sessions(index: str) -> None:
+    """One-line error, and nothing created, when INDEX holds no conversation sessions."""
+    if not os.path.isfile(os.path.join(index, "sessions.sqlite")):
+        _fail(f"{index}: no conversation sessions here (`rag chat --index {index}` records them; "
+              "pass the index the chat used)")
+
+
 @cli.command()
 @click.argument("session_id")
 @click.argument("turn", type=int)
@@ -496,6 +503,7 @@ def feedback(session_id, turn, rating, index, note):
     """Record feedback (up/down) for TURN of SESSION_ID."""
     from .conversation import SessionStore
 
+    _require_sessions(index)
     SessionStore.for_index(index).set_feedback(session_id, turn, rating, note)
     click.echo(f"Feedback {rating} recorded for session {session_id}, turn {turn}.")
 
@@ -509,6 +517,7 @@ def history(index, session_id, user_id, export_path):
     """List conversation sessions, or export their turns as JSONL."""
     from .conversation import SessionStore
 
+    _require_sessions(index)
     store = SessionStore.for_index(index)
     if export_path or session_id:
         turns = store.turns(session_id=session_id, user_id=user_id)

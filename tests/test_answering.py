@@ -231,3 +231,17 @@ def test_span_scoring_subtracts_the_question_free_likelihood():
     kinds = [k for k, _ in gen.calls]
     assert kinds == ["question", "null"] and len(gen.calls[1][1]) == 2  # only the 2 best starts again
     assert all(t.startswith(("Kensington", "Museum")) for t in gen.calls[1][1])
+
+
+def test_span_answer_collapses_the_source_line_breaks():
+    """A span that crosses a hard-wrapped line of the source (RFC text) is answered on one line;
+    the citation quote keeps the source text and offsets."""
+    text = "Kensington hosted the Museum of\n   Manufactures at first."
+    ch = Chunk(id=1, doc_id="d", ordinal=0, start=0, end=len(text), text=text, source="v.md", title="V&A")
+    hits = [Hit(chunk=ch, score=1.0, rank=1, dense_score=0.9)]
+    cond = {"Kensington": -0.5, "Museum of Manufactures": -0.6}
+    null = {"Kensington": -0.5, "Museum of Manufactures": -5.0}
+    ga = answerer(_SpanLM(cond, null), mode="spans", pmi_weight=1.0, proximity_weight=0.0, length_bonus=0.0, pmi_starts=2)
+    a = ga.answer("What was the museum originally called?", hits)
+    assert a.text == "Museum of Manufactures [1]"
+    assert a.citations[0].quote == text

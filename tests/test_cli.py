@@ -47,6 +47,11 @@ def test_errors_are_one_line(tmp_path):
     r = rag("ingest", str(tmp_path / "nope.txt"), "--index", str(tmp_path / "j"), "--embedder", "hash-64")
     assert r.returncode == 1 and r.stderr.strip() == f"rag: error: {tmp_path / 'nope.txt'}: no such file or directory"
     assert not (tmp_path / "j").exists()
+    # feedback / history on a folder without a chat's sessions: one line, nothing created
+    for args in (("feedback", "abc", "1", "up"), ("history",)):
+        r = rag(*args, "--index", str(tmp_path / "k"))
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "no conversation sessions here" in r.stderr
+        assert not (tmp_path / "k").exists()
 
 
 def test_ingest_json_and_exit_codes(tmp_path, mini_corpus):
