@@ -180,7 +180,7 @@ class _progress_bar:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="chunk" if stage == "embedding" else "file",
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit={"embedding": "chunk", "questions": "question", "out-of-domain": "question"}.get(stage, "file"),
                                           file=sys.stderr, leave=False)
         bar.total = total
         bar.n = done
@@ -591,7 +591,13 @@ def eval_qa_cmd(ctx, dataset_dir, index, limit, ood, ood_limit, split, generator
     from .eval_qa import run_eval_qa
 
     cfg, _ = _config(ctx, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
-    res = run_eval_qa(dataset_dir, index_dir=index, config=cfg, limit=limit, ood_path=ood, ood_limit=ood_limit, split=split)
+    progress = _progress_bar() if sys.stderr.isatty() else None  # stderr: --json output stays clean
+    try:
+        res = run_eval_qa(dataset_dir, index_dir=index, config=cfg, limit=limit, ood_path=ood, ood_limit=ood_limit,
+                          split=split, progress=progress)
+    finally:
+        if progress:
+            progress.close()
     if as_json:
         _emit_json(res)
     else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import re
 import string
 import time
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .types import Answer, Chunk
+
+log = logging.getLogger("rag")
 
 
 def normalize_answer(s: str) -> str:
@@ -140,11 +143,13 @@ def evaluate_qa(
     stream: Callable[[str], Iterator] | None = None,
     split: str = "all",
     per_question: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Run ``ask`` (or ``stream``, which also gives TTFT) on the dataset's questions and the
     ``ood_questions``; returns a JSON-safe dict of the metrics in the module docstring plus
     counts (``n_questions``, ``n_ood``, ``n_citations``). ``per_question`` adds a ``rows`` list
-    (question, answer, golds, f1, abstained, retrieved) for error analysis.
+    (question, answer, golds, f1, abstained, retrieved) for error analysis. ``progress(stage,
+    done, total)`` is called after each question ("questions", then "out-of-domain").
     """
     dataset_dir = Path(dataset_dir)
     qs = load_questions(dataset_dir, limit, split)
@@ -153,7 +158,11 @@ def evaluate_qa(
     ttfts: list[float] = []
     lats: list[float] = []
     rows = []
-    for q in qs:
+    for qi, q in enumerate(qs):
+        if progress:
+            progress("questions", qi, len(qs))
+        if qi and qi % 100 == 0:
+            log.info("eval qa: %d / %d questions", qi, len(qs))
         golds = [a for a in q["answers"] if a.strip()] or [""]
         gold_ids = set(q.get("gold_passage_ids") or [])
         if stream is not None:
@@ -197,7 +206,11 @@ def evaluate_qa(
                          "gold_passage_ids": sorted(gold_ids)})
     n = len(qs) or 1
     ood_abst = 0
-    for oq in ood_questions:
+    if progress and qs:
+        progress("questions", len(qs), len(qs))
+    for oi, oq in enumerate(ood_questions):
+        if progress:
+            progress("out-of-domain", oi, len(ood_questions))
         ans = _run_stream(stream, oq)[0] if stream is not None else ask(oq)
         ood_abst += int(ans.abstained)
     out = {
@@ -222,7 +235,8 @@ def evaluate_qa(
 
 
 def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, config=None, limit: int | None = None,
-                ood_path: str | Path | None = None, ood_limit: int = 100, split: str = "all", k: int = 5) -> dict:
+                ood_path: str | Path | None = None, ood_limit: int = 100, split: str = "all", k: int = 5,
+                progress: Callable[[str, int, int], None] | None = None) -> dict:
     """``rag eval qa``: index ``passages.jsonl`` (reused when ``index_dir`` exists), then run
     :func:`evaluate_qa` through the real pipeline's ``stream`` (so TTFT is measured).
 
@@ -242,7 +256,7 @@ def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, co
     idx = Path(index_dir) if index_dir else default_eval_index(d, cfg)
     rag = RAG.create(idx, cfg)
     if not rag.store.exists():
-        rag.ingest([d / "passages.jsonl"])
+        rag.ingest([d / "passages.jsonl"], progress=progress)
     rag = RAG.open(idx)
     rag.config = rag.config.updated({k_: v for k_, v in cfg.to_dict().items() if k_ in ("retrieval", "generation")})
     if ood_path is None:
@@ -250,7 +264,7 @@ def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, co
         ood_path = guess if guess.exists() else None
     ood = load_ood_questions(Path(ood_path), ood_limit) if ood_path else []
     rag.ask("warm-up question to load the models?")  # model load is not part of per-question latency
-    res = evaluate_qa(d, rag.ask, limit=limit, ood_questions=ood, k=k, stream=rag.stream, split=split)
+    res = evaluate_qa(d, rag.ask, limit=limit, ood_questions=ood, k=k, stream=rag.stream, split=split, progress=progress)
     res["generator"] = f"{cfg.generation.backend}:{cfg.generation.model}" if cfg.generation.backend == "transformers" else cfg.generation.backend
     res["index"] = str(idx)
     return res

@@ -45,7 +45,11 @@ def test_evaluate_qa_metrics(tiny):
             return Answer(question=q, text="136 sacks [1] [7]", hits=(h1,), citations=(Citation(n=1, chunk_id=0, source=""),))
         return Answer(question=q, text="Not found.", abstained=True)
 
-    r = evaluate_qa(path, ask, ood_questions=["Is vitamin D good?", "What about X?"], k=1)
+    seen = []
+    r = evaluate_qa(path, ask, ood_questions=["Is vitamin D good?", "What about X?"], k=1,
+                    progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen == [("questions", 0, 2), ("questions", 1, 2), ("questions", 2, 2),
+                    ("out-of-domain", 0, 2), ("out-of-domain", 1, 2)]
     assert r["n_questions"] == 2
     assert r["exact_match"] == pytest.approx(0.5)
     assert r["f1"] == pytest.approx((1.0 + 2 / 3) / 2)
