@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_QUESTION ?= What does the zlib format's Adler-32 checksum protect?
+DEMO_QUESTION ?= Who wrote zlib?
 
 .PHONY: install demo test clean-demo
 
