@@ -149,7 +149,8 @@ def evaluate_qa(
     ``ood_questions``; returns a JSON-safe dict of the metrics in the module docstring plus
     counts (``n_questions``, ``n_ood``, ``n_citations``). ``per_question`` adds a ``rows`` list
     (question, answer, golds, f1, abstained, retrieved) for error analysis. ``progress(stage,
-    done, total)`` is called after each question ("questions", then "out-of-domain").
+    done, total)`` is called before each question with the number done ("questions", then
+    "out-of-domain"), and once with ``done == total`` when the dataset's questions are done.
     """
     dataset_dir = Path(dataset_dir)
     qs = load_questions(dataset_dir, limit, split)
