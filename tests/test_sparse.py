@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from rag.config import BM25Config
 from rag.errors import IndexFormatError
-from rag.index.sparse import LUCENE_ENGLISH_STOPWORDS, BM25Index, BM25Tokenizer
+from rag.index.sparse import LUCENE_ENGLISH_STOPWORDS, BM25Index, BM25Tokenizer, spelling_variants
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCIFACT = DATA / "beir-scifact"
@@ -255,6 +255,27 @@ def test_load_rejects_inconsistent_arrays(tmp_path):
 
 # ------------------------------------------------------------------ real data
 @pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason="shared SciFact data absent")
+def test_british_and_american_spellings_find_each_other():
+    docs = ["The zlib license permits commercial use.", "A colour chart of the centre.",
+            "Organized crime in the theatre.", "An organ of sight."]
+    ids = ids_for(len(docs))
+    index = BM25Index.build(docs, ids, BM25Config())
+    for query, want in [("licence", 0), ("color", 1), ("center", 1), ("organised", 2), ("theater", 2)]:
+        scores, got = index.search(query, top_k=4)
+        assert list(got) == [ids[want]], (query, list(got))
+    # the other spelling adds the term at the word's own count, scored like the indexed spelling
+    np.testing.assert_allclose(index.get_scores("licence"), index.get_scores("license"), rtol=1e-6)
+    # a query whose words have no other spelling in the index scores exactly as before
+    tok = index.tokenizer
+    want = _reference_lucene([tok.tokenize(t) for t in docs], tok.tokenize("organ sight four"), 0.9, 0.4)
+    np.testing.assert_allclose(index.get_scores("organ sight four"), want, rtol=1e-6)
+    assert spelling_variants("licence") == ["license"] and "colour" in spelling_variants("color")
+    assert spelling_variants("our") == [] and spelling_variants("four") == []  # too short to rewrite
+    # other languages are left alone
+    de = BM25Index.build(docs, ids, BM25Config(language="german", stopwords=False))
+    assert de.search("licence", top_k=4)[1].size == 0
+
+
 def test_scifact_effectiveness():
     """BEIR SciFact test split: Anserini's BM25 flat index reports nDCG@10 0.665 (BEIR paper)."""
     pytrec_eval = pytest.importorskip("pytrec_eval")

@@ -66,6 +66,28 @@ _WORD_RE = re.compile(f"[^\\W{_CJK}]+")  # Unicode word characters, CJK excluded
 _PIECE_RE = re.compile(f"[{_CJK}]+|[^\\W{_CJK}]+")
 
 _STEM_CACHE_MAX = 2_000_000
+
+_SPELLING_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("our", "or"), ("ours", "ors"), ("ence", "ense"), ("ences", "enses"), ("ise", "ize"), ("ised", "ized"),
+    ("ises", "izes"), ("ising", "izing"), ("isation", "ization"), ("yse", "yze"), ("ysed", "yzed"),
+    ("tre", "ter"), ("tres", "ters"), ("ogue", "og"), ("ogues", "ogs"), ("lled", "led"), ("lling", "ling"),
+    ("mme", "m"), ("mmes", "ms"),
+)
+"""British / American spelling pairs as word-ending rewrites (licence/license, colour/color,
+organise/organize, analyse/analyze, centre/center, catalogue/catalog, travelled/traveled,
+programme/program), applied in both directions by :func:`spelling_variants`."""
+
+
+def spelling_variants(word: str) -> list[str]:
+    """Other-spelling forms of a casefolded English ``word`` by :data:`_SPELLING_SUFFIXES`
+    (both directions; at least three letters must stay before the ending). Most forms are not
+    words ("four" -> "for"); callers keep only those the index holds."""
+    out = []
+    for a, b in _SPELLING_SUFFIXES:
+        for x, y in ((a, b), (b, a)):
+            if word.endswith(x) and len(word) - len(x) >= 3:
+                out.append(word[: -len(x)] + y)
+    return out
 # Separator between texts in BM25Index.build's batched tokenisation: an uppercase word, which
 # casefolded text can never contain ("A".casefold() == "a").
 _SEP_WORD = "A"
@@ -348,7 +370,27 @@ class BM25Index:
 
     # ------------------------------------------------------------------ search
     def _query_terms(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        counts = Counter(self.tokenizer.tokenize(query))
+        """Term ids and query term frequencies of ``query``. For English, a query word whose
+        British/American other spelling (:func:`spelling_variants`) stems to a different term the
+        index holds also queries that term, with the word's count ("licence" finds "license":
+        Lucene-style query-time synonyms; the index itself is unchanged)."""
+        tok = self.tokenizer
+        words = tok.words(query)
+        if not words:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        stems = tok.stem_map(words)
+        counts = Counter(stems[w] for w in words)
+        if tok.language == "english":
+            extra: Counter = Counter()
+            for w, c in Counter(words).items():
+                variants = spelling_variants(w)
+                if not variants:
+                    continue
+                vstems = tok.stem_map(variants)
+                for v in {vstems[x] for x in variants}:
+                    if v != stems[w] and v in self.term_ids and v not in counts:
+                        extra[v] = max(extra[v], c)
+            counts.update(extra)
         pairs = [(self.term_ids[t], c) for t, c in counts.items() if t in self.term_ids]
         if not pairs:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
