@@ -69,6 +69,7 @@ def dump(index: str, limit: int, split: str) -> list[dict]:
                "cands": []}
         if ev.sentences and not rec["abstain"]:
             sent = ev.sentences[0]
+            rec["sentence"] = sent.text
             title = sent.hit.chunk.title or sent.hit.chunk.source or ""
             starts: dict[int, list] = {}
             for c in ans.candidate_spans(question, sent.text):
