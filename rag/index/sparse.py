@@ -378,7 +378,8 @@ class BM25Index:
         words = tok.words(query)
         if not words:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        stems = tok.stem_map(words)
+        cache = tok.stem_map(words)
+        stems = {w: cache[w] for w in set(words)}  # own copy: a later stem_map call may clear the cache
         counts = Counter(stems[w] for w in words)
         if tok.language == "english":
             extra: Counter = Counter()
