@@ -685,6 +685,17 @@ _FOLLOWUP = re.compile(
     re.I,
 )
 _QWORDS = frozenset("what which who whom whose when where why how about tell me please explain describe is are was were do does did can could would should".split())
+_FRAME_VERBS = frozenset(
+    "write wrote written make made create invent design develop found founded release use work mean happen say said "
+    "call know known find get got give gave given take took taken build built start begin began begun win won lose "
+    "lost lead led play live die born become became run ran own buy bought sell sold cause contain include support "
+    "require need allow provide produce describe define implement maintain publish discover introduce replace "
+    "name list show compare differ".split()
+)
+_FRAME_VERB_STEMS: frozenset | None = None
+"""Verbs that frame a question ("Who *wrote* zlib?") rather than name its topic; a follow-up's
+rewrite leaves them out, so "and what about its licence?" after "Who wrote zlib?" searches for
+zlib's licence, not for what was written. Matched by stem, so "designed" and "uses" count."""
 
 
 def rewrite_query(question: str, history: Sequence[dict] | None) -> str:
@@ -694,8 +705,12 @@ def rewrite_query(question: str, history: Sequence[dict] | None) -> str:
     with "and/what about/how about/..." or contains a pronoun such as it/its/they/this), the
     topic terms of the most recent earlier user question (its content words minus wh-words,
     capitalised names and quoted terms first) that the question lacks are appended. Otherwise
-    the question is returned unchanged.
+    the question is returned unchanged. Question-framing verbs (:data:`_FRAME_VERBS`) are not
+    carried over.
     """
+    global _FRAME_VERB_STEMS
+    if _FRAME_VERB_STEMS is None:
+        _FRAME_VERB_STEMS = frozenset(_stem(v) for v in _FRAME_VERBS)
     q = question.strip()
     prev = [m.get("content", "") for m in (history or []) if m.get("role") == "user" and m.get("content")]
     if not prev or not _FOLLOWUP.search(q):
@@ -706,6 +721,8 @@ def rewrite_query(question: str, history: Sequence[dict] | None) -> str:
     for w in re.findall(r"\w+(?:[-'’.]\w+)*", last):
         lw = w.lower()
         if lw in _QWORDS or lw in _SPAN_STOP or lw in have or lw in {t.lower() for t in terms}:
+            continue
+        if lw in _FRAME_VERBS or _stem(lw) in _FRAME_VERB_STEMS:
             continue
         if len(w) < 2 and not w.isdigit():
             continue

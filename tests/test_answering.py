@@ -186,6 +186,17 @@ def test_rewrite_query_carries_topic_into_follow_up():
     assert rewrite_query("and what about its author?", []) == "and what about its author?"
 
 
+def test_rewrite_query_leaves_out_the_previous_questions_verbs():
+    """A new user's chat: "Who wrote zlib?" then "and what about its licence?" searched for
+    "(wrote zlib)" and answered with the sentence about who wrote an article on zlib."""
+    hist = [{"role": "user", "content": "Who wrote zlib?"}, {"role": "assistant", "content": "Jean-loup Gailly [1]"}]
+    assert rewrite_query("and what about its licence?", hist) == "and what about its licence? (zlib)"
+    hist = [{"role": "user", "content": "Who designed the DEFLATE format?"}]
+    assert rewrite_query("when was it published?", hist) == "when was it published? (DEFLATE format)"
+    hist = [{"role": "user", "content": "Which company uses Python?"}]
+    assert rewrite_query("and what about its users?", hist) == "and what about its users? (company Python)"
+
+
 class _SpanLM(EchoGenerator):
     """A fake causal LM for span scoring: every word token costs -1 nat, and the log-probability
     of ending the span (" [") after a word comes from ``cond_end`` when the prompt holds the real
