@@ -32,10 +32,12 @@ from rag.answering import (  # noqa: E402
     _WORD_RE,
     NULL_QUESTION,
     SPAN_END_TEXT,
+    SPAN_MERGE_MARGIN,
     SPAN_PROXIMITY_CAP,
     _stem,
     _stems,
     _type_prior,
+    merge_runner_up,
     question_type,
     span_logprobs,
 )
@@ -105,7 +107,8 @@ def dump(index: str, limit: int, split: str) -> list[dict]:
     return out
 
 
-def replay(rec: dict, lb: dict, prox: float, beta: float, top_starts: int, pmi_starts: int) -> str:
+def replay(rec: dict, lb: dict, prox: float, beta: float, top_starts: int, pmi_starts: int,
+           merge: float = SPAN_MERGE_MARGIN) -> str:
     """The answer GroundedAnswerer._spans would give with these settings."""
     cands = rec["cands"]
     if not cands:
@@ -123,13 +126,16 @@ def replay(rec: dict, lb: dict, prox: float, beta: float, top_starts: int, pmi_s
     order = sorted(by_start, key=lambda s: -max(c["lp"] + r for c, r in by_start[s]))
     if beta:
         order = order[:pmi_starts]
-    best, best_score = "", -1e18
-    for s in order:
-        for c, rest in by_start[s]:
-            lp = c["lp"] - beta * (c["lp_null"] if c["lp_null"] is not None else c["lp"])
-            if lp + rest > best_score:
-                best, best_score = c["text"], lp + rest
-    return best
+    ranked = sorted(((c["lp"] - beta * (c["lp_null"] if c["lp_null"] is not None else c["lp"]) + rest,
+                      (c["start"], c["start"] + len(c["text"]))) for s in order for c, rest in by_start[s]),
+                    key=lambda x: -x[0])
+    if not ranked:
+        return ""
+    if "sentence" not in rec:  # dumps before the sentence was recorded: no widening
+        s, e = ranked[0][1]
+        return next(c["text"] for c in cands if c["start"] == s and c["start"] + len(c["text"]) == e)
+    s, e = merge_runner_up(rec["sentence"], ranked, merge)
+    return rec["sentence"][s:e]
 
 
 def main() -> int:

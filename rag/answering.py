@@ -25,7 +25,9 @@ Pipeline for one question and its retrieved hits (:meth:`GroundedAnswerer.stream
    the question's words (``SPAN_PROXIMITY_WEIGHT``). The spans of the ``SPAN_PMI_STARTS`` best
    start words are then scored again with a question-free prompt and ``SPAN_PMI_WEIGHT`` times
    that log-likelihood is subtracted (domain-conditional PMI): a span the model would copy
-   whatever the question loses its head start. The supporting sentence travels as the citation
+   whatever the question loses its head start. When the runner-up span nearly ties with the
+   best (within ``SPAN_MERGE_MARGIN`` nats) and lies beside it, the answer is the phrase
+   covering both (:func:`merge_runner_up`). The supporting sentence travels as the citation
    quote.
 
    Tuned offline on the XQuAD-en dev split (``benchmarks/span_tuning.py``, 150 questions,
@@ -224,6 +226,29 @@ def span_logprobs(row, start: int, spans) -> list[float | None]:
         j = pos.get(sp[1] - start)
         out.append(None if j is None else float(cum[j] + el[j]))
     return out
+
+
+def merge_runner_up(sentence: str, ranked: Sequence, margin: float = SPAN_MERGE_MARGIN) -> tuple[int, int]:
+    """(start, end) character offsets of the answer in ``sentence``, from its candidate spans
+    ranked best first as ``(score, (start, end, ...))`` (score in nats): the best span, widened
+    to also cover the first runner-up that scores within ``margin`` of it and is not inside it,
+    when the covering phrase has at most ``SPAN_MERGE_MAX_WORDS`` words and balanced brackets
+    and quotes; otherwise the best span alone. ``margin <= 0`` disables widening."""
+    top, (s, e) = ranked[0][0], ranked[0][1][:2]
+    if margin <= 0:
+        return s, e
+    for score, cand in ranked[1:]:
+        if top - score > margin:
+            break
+        s2, e2 = cand[0], cand[1]
+        if s2 >= s and e2 <= e:
+            continue  # inside the best span: nothing to add
+        u0, u1 = min(s, s2), max(e, e2)
+        text = sentence[u0:u1]
+        if len(text.split()) <= SPAN_MERGE_MAX_WORDS and text.count("(") == text.count(")") and text.count('"') % 2 == 0:
+            return u0, u1
+        break
+    return s, e
 
 
 def question_type(question: str) -> str:
@@ -552,7 +577,7 @@ class GroundedAnswerer:
                     scored[i] = [(lp - self.pmi_weight * nlp, rest, c) for (lp, rest, c), nlp in zip(scored[i], null_lp)]
             ranked = sorted(((lp + rest, c) for i in keep for lp, rest, c in scored[i]), key=lambda x: -x[0])
             if ranked and ranked[0][0] > best_total:
-                best_total, best = ranked[0][0], (sent, self._merge_runner_up(sent.text, ranked))
+                best_total, best = ranked[0][0], (sent, merge_runner_up(sent.text, ranked, self.merge_margin))
         if best is None:
             return self._extractive(question, hits, ev)
         sent, (s, e) = best
@@ -562,27 +587,6 @@ class GroundedAnswerer:
         a_sent = AnswerSentence(text=span, supported=True, citations=(sent.n,), support_score=sent.support)
         return Answer(question=question, text=text, citations=(cit,), hits=tuple(hits), sentences=(a_sent,),
                       timings={"span_logprob": best_total})
-
-    def _merge_runner_up(self, sentence: str, ranked: list) -> tuple[int, int]:
-        """(start, end) of the answer in ``sentence`` from its spans ranked best first as
-        ``(score, (start, end, words))``: the best span, widened to also cover the first
-        runner-up that scores within ``merge_margin`` nats of it and is not inside it, when
-        the covering phrase has at most ``SPAN_MERGE_MAX_WORDS`` words and balanced brackets
-        and quotes (otherwise the best span alone)."""
-        top, (s, e, _) = ranked[0][0], ranked[0][1]
-        if self.merge_margin <= 0:
-            return s, e
-        for score, (s2, e2, _) in ranked[1:]:
-            if top - score > self.merge_margin:
-                break
-            if s2 >= s and e2 <= e:
-                continue  # inside the best span: nothing to add
-            u0, u1 = min(s, s2), max(e, e2)
-            text = sentence[u0:u1]
-            if len(text.split()) <= SPAN_MERGE_MAX_WORDS and text.count("(") == text.count(")") and text.count('"') % 2 == 0:
-                return u0, u1
-            break
-        return s, e
 
     # -- free generation -----------------------------------------------------------------
     def _generate_stream(self, question, hits, ev, history, timings, t0) -> Iterator[str | Answer]:

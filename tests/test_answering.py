@@ -256,3 +256,33 @@ def test_span_answer_collapses_the_source_line_breaks():
     a = ga.answer("What was the museum originally called?", hits)
     assert a.text == "Museum of Manufactures [1]"
     assert a.citations[0].quote == text
+
+
+def test_span_answer_covers_a_near_tie_beside_it():
+    """When the runner-up span scores within ``merge_margin`` nats of the best and lies beside it,
+    the answer is the phrase covering both; not when it scores lower than that, when the covering
+    phrase would exceed SPAN_MERGE_MAX_WORDS words, or with merging off."""
+    from rag.answering import SPAN_MERGE_MAX_WORDS
+
+    text = "Chinese medicine rests on yin-yang and wuxing philosophy today."
+    ch = Chunk(id=1, doc_id="d", ordinal=0, start=0, end=len(text), text=text, source="m.md", title="Medicine")
+    hits = [Hit(chunk=ch, score=1.0, rank=1, dense_score=0.9)]
+    q = "What does Chinese medicine rest on?"
+    # 'yin-yang' = 1 word token (-1) + end -0.5 = -1.5; 'wuxing philosophy' = -2 + end
+    near = {"yin-yang": -0.5, "wuxing philosophy": 0.0}  # -2.0: 0.5 nats behind
+    far = {"yin-yang": -0.5, "wuxing philosophy": -3.0}  # -5.0: 3.5 nats behind
+
+    def ask(table, **kw):
+        return answerer(_SpanLM(table, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0,
+                        length_bonus=0.0, **kw).answer(q, hits)
+
+    assert ask(near).text == "yin-yang and wuxing philosophy [1]"
+    assert ask(near, merge_margin=0.0).text == "yin-yang [1]"
+    assert ask(far).text == "yin-yang [1]"
+    # a runner-up 9 words away from the best: the covering phrase is too long to be an answer
+    long_text = "Medicine rests on yin-yang, says one old school of thought, and wuxing philosophy."
+    assert len(long_text.split()) - 3 > SPAN_MERGE_MAX_WORDS
+    ch2 = Chunk(id=2, doc_id="d", ordinal=0, start=0, end=len(long_text), text=long_text, source="m.md", title="M")
+    a = answerer(_SpanLM(near, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0,
+                 length_bonus=0.0).answer(q, [Hit(chunk=ch2, score=1.0, rank=1, dense_score=0.9)])
+    assert a.text == "yin-yang [1]"
