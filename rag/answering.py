@@ -43,8 +43,8 @@ Pipeline for one question and its retrieved hits (:meth:`GroundedAnswerer.stream
    -.05), ranking start words by a 3-7 word prefix before scoring full spans (0 to -.08),
    int8 dynamic quantisation of the model's linear layers (1.35x faster, contains .42).
    Replayed on the whole dev half (595 questions; the rule without widening: contains .474,
-   F1 .455), also dropped: boundary features (span followed by punctuation, preceded by a preposition; +0),
-   a listwise logistic ranker over 27 span features trained on one half, tested on the other
+   F1 .455), also dropped: boundary features (span followed by punctuation, preceded by a
+   preposition; +0), a listwise logistic ranker over 27 span features trained on one half, tested on the other
    (.405-.481 contains), question-span embedding cosine (-.002 to -.02), extending a name to
    its whole capitalised run (+.005 contains, -.004 F1), a question-first prompt (dev[2::4]:
    .450 vs .497) and averaging both prompts (.49-.51); scoring the two best sentences under
@@ -64,6 +64,7 @@ passages) against SciFact claims asked of the same index (out-of-domain); see th
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -728,10 +729,14 @@ _FRAME_VERBS = frozenset(
     "require need allow provide produce describe define implement maintain publish discover introduce replace "
     "name list show compare differ".split()
 )
-_FRAME_VERB_STEMS: frozenset | None = None
 """Verbs that frame a question ("Who *wrote* zlib?") rather than name its topic; a follow-up's
 rewrite leaves them out, so "and what about its licence?" after "Who wrote zlib?" searches for
 zlib's licence, not for what was written. Matched by stem, so "designed" and "uses" count."""
+
+
+@functools.lru_cache(maxsize=1)
+def _frame_verb_stems() -> frozenset[str]:
+    return frozenset(_stem(v) for v in _FRAME_VERBS)
 
 
 def rewrite_query(question: str, history: Sequence[dict] | None) -> str:
@@ -744,9 +749,6 @@ def rewrite_query(question: str, history: Sequence[dict] | None) -> str:
     the question is returned unchanged. Question-framing verbs (:data:`_FRAME_VERBS`) are not
     carried over.
     """
-    global _FRAME_VERB_STEMS
-    if _FRAME_VERB_STEMS is None:
-        _FRAME_VERB_STEMS = frozenset(_stem(v) for v in _FRAME_VERBS)
     q = question.strip()
     prev = [m.get("content", "") for m in (history or []) if m.get("role") == "user" and m.get("content")]
     if not prev or not _FOLLOWUP.search(q):
@@ -758,7 +760,7 @@ def rewrite_query(question: str, history: Sequence[dict] | None) -> str:
         lw = w.lower()
         if lw in _QWORDS or lw in _SPAN_STOP or lw in have or lw in {t.lower() for t in terms}:
             continue
-        if lw in _FRAME_VERBS or _stem(lw) in _FRAME_VERB_STEMS:
+        if _stem(lw) in _frame_verb_stems():
             continue
         if len(w) < 2 and not w.isdigit():
             continue
