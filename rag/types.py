@@ -190,6 +190,12 @@ class Answer(_DictMixin):
     dropped_markers: tuple[int, ...] = ()
     query: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    kind: str = "factoid"
+    """The question's route: "yes_no", "factoid", "explanatory", "list" or "comparison"."""
+    short: str = ""
+    """The short answer (a span, or "Yes"/"No") without citations; "" when there is none."""
+    generation: int | None = None
+    """The index generation the answer was retrieved from."""
 
     def __repr__(self) -> str:
         return f"Answer(text={_short(self.text, 60)!r}, citations={len(self.citations)}, abstained={self.abstained})"
@@ -199,7 +205,10 @@ class Answer(_DictMixin):
             "question": self.question,
             "query": self.query,
             "answer": self.text,
+            "kind": self.kind,
+            "short": self.short,
             "abstained": self.abstained,
+            "generation": self.generation,
             "citations": [c.to_dict() for c in self.citations],
             "sentences": [s.to_dict() for s in self.sentences],
             "dropped_markers": list(self.dropped_markers),
