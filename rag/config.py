@@ -113,6 +113,51 @@ class GenerationConfig:
 
 
 @dataclass
+class AnswerConfig:
+    """The answerer's tuning (``[answer]``; :mod:`rag.answering`). How each value was measured:
+    docs/answering.md.
+
+    Abstention (cosine / lexical coverage in [0, 1]): abstain when the best question-sentence
+    cosine is below ``abstain_min_dense`` and the best lexical coverage below
+    ``abstain_min_lexical``, or the cosine is below ``abstain_floor_dense``. They were calibrated
+    for the embedder ``abstain_calibrated_for`` (XQuAD-en answerable vs SciFact claims:
+    out-of-domain abstention .953, false abstention .033); another embedder needs its own
+    (``benchmarks/qa_calibrate.py``). ``support_threshold``: cosine at which a chunk sentence
+    supports a generated sentence. ``routing``: answer each question type in its own form
+    (false: every question is a factoid). ``span_*``: the span scorer
+    (:class:`rag.answering.spans.SpanSettings`); ``span_sure_margin`` (nats): a span whose best
+    non-overlapping rival is closer than this is not asserted, the sentence answers instead.
+    ``yes_no_*``: logistic verdict weights (:class:`rag.answering.verdict.VerdictWeights`),
+    fitted on BoolQ dev's dev half. ``max_sentences``, ``mmr_lambda``, ``sentence_max_drop``:
+    sentence answers (:func:`rag.answering.selection.select_sentences`).
+    """
+
+    abstain_calibrated_for: str = DEFAULT_EMBEDDER
+    abstain_min_dense: float = 0.45
+    abstain_floor_dense: float = 0.25
+    abstain_min_lexical: float = 0.4
+    support_threshold: float = 0.5
+    routing: bool = True
+    span_top_starts: int = 12
+    span_pmi_starts: int = 4
+    span_pmi_weight: float = 0.4
+    span_proximity_weight: float = 0.4
+    span_merge_margin: float = 2.0
+    span_length_bonus_other: float = 0.5
+    span_length_bonus_entity: float = 1.0
+    span_sure_margin: float = 0.0
+    yes_no_bias: float = 0.0
+    yes_no_model: float = 1.0
+    yes_no_prior: float = -1.0
+    yes_no_negation: float = 0.0
+    yes_no_missing: float = 0.0
+    yes_no_undecided_margin: float = 0.0
+    max_sentences: int = 3
+    mmr_lambda: float = 0.7
+    sentence_max_drop: float = 0.25
+
+
+@dataclass
 class RagConfig:
     """All settings of a pipeline. Build with ``RagConfig()``, ``RagConfig.from_dict`` or ``.load``."""
 
@@ -122,6 +167,7 @@ class RagConfig:
     bm25: BM25Config = field(default_factory=BM25Config)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -45,6 +45,30 @@ evaluation set). Against the one-example prompt they raised span-scoring F1 on t
 split from .347 to .380 at the same settings (150 questions). The span-scoring prompt repeats
 them for every question; their KV cache is reused (TransformersGenerator._prefill)."""
 
+ROUTE_PROMPTS = {
+    "factoid": SYSTEM_PROMPT,
+    "yes_no": (
+        "You answer yes/no questions using only the numbered sources. Start your reply with Yes or No, then give "
+        "the sentence from the sources that settles it, followed by its source number in brackets, like [1]. If "
+        "the sources do not settle it, reply: The indexed documents do not settle this."
+    ),
+    "explanatory": (
+        "You answer questions using only the numbered sources. Reply with one to three sentences taken from the "
+        "sources, each followed by the number of its source in brackets, like [1]. If the sources do not contain "
+        "the answer, reply: Not found in the indexed documents."
+    ),
+}
+ROUTE_PROMPTS["list"] = ROUTE_PROMPTS["explanatory"]
+ROUTE_PROMPTS["comparison"] = ROUTE_PROMPTS["explanatory"]
+"""System prompt per question route (:func:`rag.answering.routing.route`) for generators that
+write free text; only the factoid prompt gets the :data:`FEW_SHOT` short-answer examples."""
+
+
+def route_prompt(kind: str) -> tuple[str, bool]:
+    """(system prompt, use FEW_SHOT) for the question route ``kind`` (unknown: factoid)."""
+    return ROUTE_PROMPTS.get(kind, SYSTEM_PROMPT), kind not in ROUTE_PROMPTS or kind == "factoid"
+
+
 TRUNCATION_MARK = "[...]"
 
 # --------------------------------------------------------------------------- sentences
@@ -192,15 +216,18 @@ def build_prompt(
 # --------------------------------------------------------------------------- citations
 _MARKER = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 _WORD = re.compile(r"\w+", re.U)
-_STOP = frozenset(
-    "a an the of in on at to for by with from and or but is are was were be been being it its this that "
-    "these those as which who whom what when where why how did do does has have had not no".split()
+STOP_WORDS = frozenset(
+    "a an the of in on at to for by with from and or but is are was were be been being it its this that these those "
+    "as which who whom what when where why how did do does has have had not no than then also into over under "
+    "after before during he she they we i you his her their our your him them us such".split()
 )
+"""English function words: left out of content words, never the edge of a span answer, never
+carried into a rewritten query. The one stop list of prompting and answering."""
 
 
 def content_words(text: str) -> set[str]:
     """Lower-cased word tokens of ``text`` minus a small English stop list."""
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+    return {w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}
 
 
 def best_quote(claim: str, chunk_text: str) -> tuple[int, int]:

@@ -1,0 +1,82 @@
+"""Sentence answers: 1-3 whole, non-redundant evidence sentences in reading order.
+
+Used for explanatory, list and comparison questions (and as the answer when a span is unsure).
+Selection is maximal marginal relevance (Carbonell & Goldstein 1998) over the evidence
+sentences: the best-supported whole sentence first, then while fewer than ``max_sentences``,
+the candidate maximising ``lam * support - (1 - lam) * max cosine to the chosen`` among those
+within ``max_drop`` support of the best and below ``REDUNDANT_COSINE`` to every chosen one. A
+chosen sentence that opens with a pronoun ("It", "This") brings the sentence before it in its
+chunk, so it reads on its own. The result is ordered by source, then position in the chunk.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .evidence import Evidence, EvidenceSentence
+
+REDUNDANT_COSINE = 0.85
+"""Two sentences this similar say the same thing; the second adds nothing to read."""
+CANDIDATES = 12
+_PRONOUN_START = re.compile(r"^(?:it|its|this|these|that|those|they|their|he|she|his|her|such|both)\b", re.I)
+
+
+def is_whole_sentence(text: str) -> bool:
+    """True for a readable sentence: at least 4 words, opens with a capital, digit, quote or
+    bracket, ends with terminal punctuation (a heading, table row or cut chunk edge is not)."""
+    t = text.strip()
+    if len(t.split()) < 4 or "\n\n" in t:
+        return False
+    if not (t[0].isupper() or t[0].isdigit() or t[0] in "\"'“‘(`*"):
+        return False
+    return bool(re.search(r"[.!?][\"'”’)\]]*$", t))
+
+
+def select_sentences(ev: Evidence, max_sentences: int = 3, lam: float = 0.7, max_drop: float = 0.25) -> list[EvidenceSentence]:
+    """The sentences of the answer (see the module docstring); never empty when ``ev`` has
+    sentences. ``max_drop``: support (cosine units) a further sentence may lose to the best."""
+    pool = [s for s in ev.sentences[:CANDIDATES] if is_whole_sentence(s.text)] or ev.sentences[:1]
+    chosen = [pool[0]]
+    top = pool[0].support
+    while len(chosen) < max_sentences:
+        best, best_score = None, -1e9
+        for s in pool:
+            if s in chosen or top - s.support > max_drop:
+                continue
+            sim = max((_cos(s, c) for c in chosen), default=0.0)
+            if sim >= REDUNDANT_COSINE:
+                continue
+            score = lam * s.support - (1 - lam) * sim
+            if score > best_score:
+                best, best_score = s, score
+        if best is None:
+            break
+        chosen.append(best)
+    chosen = _with_antecedents(ev, chosen, max_sentences)
+    first_rank = {}
+    for s in chosen:
+        first_rank.setdefault(s.n, len(first_rank))
+    return sorted(chosen, key=lambda s: (first_rank[s.n], s.start))
+
+
+def _cos(a: EvidenceSentence, b: EvidenceSentence) -> float:
+    if a.vector is None or b.vector is None:
+        return 0.0
+    return float(a.vector @ b.vector)
+
+
+def _with_antecedents(ev: Evidence, chosen: list[EvidenceSentence], limit: int) -> list[EvidenceSentence]:
+    out = list(chosen)
+    for s in chosen:
+        if not _PRONOUN_START.match(s.text):
+            continue
+        prev = max((p for p in ev.sentences if p.n == s.n and p.end <= s.start), key=lambda p: p.end, default=None)
+        if prev is None or prev in out or not is_whole_sentence(prev.text):
+            continue
+        if len(out) >= limit:  # make room: drop the weakest other sentence
+            weakest = min((x for x in out if x is not s), key=lambda x: x.support, default=None)
+            if weakest is None or weakest.support > s.support:
+                continue
+            out.remove(weakest)
+        out.append(prev)
+    return out

@@ -1,0 +1,112 @@
+"""Yes/no verdicts from evidence: the model's Yes-vs-No log-odds, calibrated, plus cues.
+
+For a yes/no question the generator (any ``token_logprobs`` scorer) reads the chunk that holds
+the best supporting sentence after a four-example prompt (:data:`YES_NO_FEW_SHOT`) and we take
+``m = log P("Yes") - log P("No")`` as its first reply token. Small models lean one way whatever
+the evidence, so the same question is also scored with the content-free source "N/A"
+(contextual calibration, Zhao et al. 2021, "Calibrate Before Use") giving ``m_null``. The
+verdict is a logistic model over
+
+* ``m`` and ``m_null`` (calibration is ``m - m_null``; the fitted weights may differ),
+* ``negation``: negation words in the supporting sentences that the question lacks,
+* ``missing``: the IDF-weighted share of the question's words absent from that chunk (a
+  question about "pepsi" asked of a passage that never names Pepsi is usually answered No),
+
+fitted on the dev half of BoolQ dev (``benchmarks/qa_yes_no.py``) and reported on the other
+half; the weights are fields of :class:`rag.config.AnswerConfig`. ``|z|`` below
+``undecided_margin`` answers that the documents do not settle the question.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+YES_NO_SYSTEM = "You answer yes/no questions using only the source. Reply Yes or No."
+
+YES_NO_FEW_SHOT = [
+    {"role": "user", "content": "Source:\nThe Eiffel Tower was completed in 1889 and is 330 metres tall.\n\n"
+                                "Question: Is the Eiffel Tower more than 300 metres tall?"},
+    {"role": "assistant", "content": "Yes"},
+    {"role": "user", "content": "Source:\nWorker bees store the nectar they collect as honey in wax cells. Drones do not "
+                                "collect nectar.\n\nQuestion: Do drones collect nectar?"},
+    {"role": "assistant", "content": "No"},
+    {"role": "user", "content": "Source:\nThe lunar module Eagle landed in the Sea of Tranquility in July 1969 with Neil "
+                                "Armstrong and Buzz Aldrin aboard.\n\nQuestion: Did the Eagle land in the Ocean of Storms?"},
+    {"role": "assistant", "content": "No"},
+    {"role": "user", "content": "Source:\nThe library is free software: it may be used, changed and redistributed by "
+                                "anyone, including in commercial products.\n\nQuestion: Can the library be used in a "
+                                "commercial product?"},
+    {"role": "assistant", "content": "Yes"},
+]
+"""Written for this project (not from any evaluation set): two Yes and two No, one No by a
+contradicting fact rather than a negation."""
+
+NULL_SOURCE = "N/A"
+_NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|nothing|nobody|cannot|without|unlike|instead)\b|n't\b", re.I)
+
+
+@dataclass(frozen=True)
+class VerdictWeights:
+    """Logistic weights: ``z = bias + model*m + prior*m_null + negation*neg + missing*miss``;
+    Yes when ``z > 0`` (the ``yes_no_*`` fields of :class:`rag.config.AnswerConfig`)."""
+
+    bias: float = 0.0
+    model: float = 1.0
+    prior: float = -1.0
+    negation: float = 0.0
+    missing: float = 0.0
+    undecided_margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class VerdictFeatures:
+    """Inputs of the verdict (see the module docstring); log-odds in nats."""
+
+    m: float
+    m_null: float
+    negation: int
+    missing: float
+
+    def z(self, w: VerdictWeights) -> float:
+        return w.bias + w.model * self.m + w.prior * self.m_null + w.negation * self.negation + w.missing * self.missing
+
+
+def yes_no_messages(question: str, source: str) -> list[dict[str, str]]:
+    """The verdict prompt: system, :data:`YES_NO_FEW_SHOT`, then ``source`` and the question."""
+    return [
+        {"role": "system", "content": YES_NO_SYSTEM},
+        *YES_NO_FEW_SHOT,
+        {"role": "user", "content": f"Source:\n{' '.join(source.split())}\n\nQuestion: {question.strip()}"},
+    ]
+
+
+def _log_odds(generator, messages) -> float:
+    rows = generator.token_logprobs(messages, ["Yes", "No"])
+    if rows[0] is None or rows[1] is None:
+        return 0.0
+    return float(sum(rows[0][1]) - sum(rows[1][1]))
+
+
+def negation_cues(question: str, sentences: list[str]) -> int:
+    """Negation words in ``sentences`` beyond those already in ``question``."""
+    return max(0, sum(len(_NEGATION.findall(s)) for s in sentences) - len(_NEGATION.findall(question)))
+
+
+def verdict_features(generator, question: str, source: str, sentences: list[str], missing: float,
+                     use_prior: bool = True) -> VerdictFeatures:
+    """Score ``question`` against ``source`` (and, with ``use_prior``, against "N/A"). Model
+    cost: two short prefills (the shared few-shot prefix is cached)."""
+    m = _log_odds(generator, yes_no_messages(question, source))
+    m0 = _log_odds(generator, yes_no_messages(question, NULL_SOURCE)) if use_prior else 0.0
+    return VerdictFeatures(m, m0, negation_cues(question, sentences), float(missing))
+
+
+def decide(f: VerdictFeatures, w: VerdictWeights) -> tuple[str | None, float]:
+    """("yes" | "no" | None, P(yes)); None when ``|z| < w.undecided_margin``."""
+    z = f.z(w)
+    p = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+    if abs(z) < w.undecided_margin:
+        return None, p
+    return ("yes" if z > 0 else "no"), p
