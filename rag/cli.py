@@ -307,18 +307,29 @@ def _with_generation(f):
 @_with_generation
 @click.option("--no-stream", is_flag=True, help="Print the answer only when complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print {question, answer, citations, hits, timings}.")
+@click.option("--user", "user_id", default=None, help="User id written to the answer's record.")
+@click.option("--session", "session_id", default=None, help="Record the answer as the next turn of this session.")
+@click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
+              help="Conversation records file (default: config records.path, else <index>/records.sqlite).")
+@click.option("--no-record", is_flag=True, help="Do not write a conversation record.")
 @click.pass_context
 def ask(ctx, question, index, top_k, filters, groups, generator, model, base_url, max_new_tokens, temperature, seed,
-        no_stream, as_json):
-    """Answer QUESTION from the indexed documents, citing them as [n]."""
+        no_stream, as_json, user_id, session_id, records_path, no_record):
+    """Answer QUESTION from the indexed documents, citing them as [n]; the answer is recorded."""
+    from .cli_ops import record_cli_answer
+
     kw = dict(top_k=top_k, filters=_parse_filters(filters), principals=_principals(groups))
     rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+    rec_kw = dict(user_id=user_id, session_id=session_id, records_path=records_path)
     if as_json:
         ans = rag.ask(question, **kw)
-        _emit_json(_answer_json(ans))
+        rec = None if no_record else record_cli_answer(ctx, rag, ans, **rec_kw)
+        _emit_json(dict(_answer_json(ans), record_id=rec["record_id"] if rec else None))
         return
     ans = _stream_answer(rag, question, no_stream, **kw)
     _print_citations(ans)
+    if not no_record:
+        record_cli_answer(ctx, rag, ans, **rec_kw)
 
 
 def _stream_answer(rag, question, no_stream=False, **kw):
@@ -445,98 +456,6 @@ def repair(ctx, index, wait_s):
     click.echo(f"Repaired {res['index']}: generation {res['generation']}, {res['chunks']} chunks.")
 
 
-# ---- chat / sessions ------------------------------------------------------------------------
-@cli.command()
-@index_option
-@click.option("--session", "session_id", default=None, help="Resume this session id.")
-@click.option("--user", "user_id", default=None, help="User id recorded with the session.")
-@click.option("--top-k", type=click.IntRange(1, 100), default=None)
-@filter_option
-@as_option
-@_with_generation
-@click.pass_context
-def chat(ctx, index, session_id, user_id, top_k, filters, groups, generator, model, base_url, max_new_tokens,
-         temperature, seed):
-    """Interactive conversation; follow-up questions use the history. Empty line or Ctrl-D ends."""
-    from .conversation import Conversation
-
-    flt = _parse_filters(filters)
-    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
-    conv = Conversation(rag, session_id=session_id, user_id=user_id, top_k=top_k, filters=flt,
-                        principals=_principals(groups))
-    click.echo(f"Session {conv.session_id}. Ask a question (empty line to quit).")
-    while True:
-        try:
-            q = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
-        except (EOFError, click.Abort):
-            break
-        if not q.strip():
-            break
-        click.echo("rag> ", nl=False)
-        ans = None
-        from .types import Answer
-
-        for piece in conv.stream(q):
-            if isinstance(piece, Answer):
-                ans = piece
-            else:
-                click.echo(piece, nl=False)
-        click.echo("")
-        _print_citations(ans)
-    click.echo(f"Session {conv.session_id} saved.")
-
-
-def _require_sessions(index: str) -> None:
-    """One-line error, and nothing created, when INDEX holds no conversation sessions."""
-    if not os.path.isfile(os.path.join(index, "sessions.sqlite")):
-        _fail(f"{index}: no conversation sessions here (`rag chat --index {index}` records them; "
-              "pass the index the chat used)")
-
-
-@cli.command()
-@click.argument("session_id")
-@click.argument("turn", type=int)
-@click.argument("rating", type=click.Choice(["up", "down"]))
-@index_option
-@click.option("--note", default=None)
-def feedback(session_id, turn, rating, index, note):
-    """Record feedback (up/down) for TURN of SESSION_ID."""
-    from .conversation import SessionStore
-
-    _require_sessions(index)
-    SessionStore.for_index(index).set_feedback(session_id, turn, rating, note)
-    click.echo(f"Feedback {rating} recorded for session {session_id}, turn {turn}.")
-
-
-@cli.command()
-@index_option
-@click.option("--session", "session_id", default=None)
-@click.option("--user", "user_id", default=None)
-@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None, help="Write turns as JSONL.")
-def history(index, session_id, user_id, export_path):
-    """List conversation sessions, or export their turns as JSONL."""
-    from .conversation import SessionStore
-
-    _require_sessions(index)
-    store = SessionStore.for_index(index)
-    if export_path or session_id:
-        turns = store.turns(session_id=session_id, user_id=user_id)
-        lines = [json.dumps(t, ensure_ascii=False) for t in turns]
-        if export_path:
-            with open(export_path, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + ("\n" if lines else ""))
-            click.echo(f"Exported {len(lines)} turn(s) to {export_path}.")
-        else:
-            for line in lines:
-                click.echo(line)
-        return
-    sessions = store.sessions(user_id=user_id)
-    if not sessions:
-        click.echo("No sessions.")
-    for s in sessions:
-        click.echo(f"{s['session_id']}  user={s['user_id'] or '-'}  turns={s['turns']}  started={s['created']}  last={s['updated']}")
-
-
 # ---- evaluation -----------------------------------------------------------------------------
 @cli.group("eval")
 def eval_group():
@@ -604,6 +523,12 @@ def eval_qa_cmd(ctx, dataset_dir, index, limit, ood, ood_limit, split, generator
         for k, v in res.items():
             if not isinstance(v, (dict, list)):
                 click.echo(f"{k:>28}: {v:.4f}" if isinstance(v, float) else f"{k:>28}: {v}")
+
+
+# ---- operating: chat, feedback, history, stats (rag/cli_ops.py) ------------------------------
+from .cli_ops import register as _register_ops  # noqa: E402 - needs the helpers above
+
+_register_ops(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -158,6 +158,15 @@ class AnswerConfig:
 
 
 @dataclass
+class RecordsConfig:
+    """Conversation records (:mod:`rag.records`). ``path``: the SQLite file; None keeps them
+    beside the index (``<index>/records.sqlite``, or a per-user file when the index folder is
+    read-only)."""
+
+    path: str | None = None
+
+
+@dataclass
 class RagConfig:
     """All settings of a pipeline. Build with ``RagConfig()``, ``RagConfig.from_dict`` or ``.load``."""
 
@@ -167,6 +176,7 @@ class RagConfig:
     bm25: BM25Config = field(default_factory=BM25Config)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,146 +1,73 @@
-"""Multi-turn conversations for chatbots, persisted in SQLite.
+"""Multi-turn conversations for chatbots.
 
-``Conversation`` keeps the history, rewrites follow-up questions into standalone queries (via
-:meth:`rag.RAG.ask` with ``history``) and records every turn: UTC timestamp, question, rewritten
-query, answer, citations, latency and feedback. Sessions live in ``sessions.sqlite`` beside the
-index generations (user data, not index state), so they survive restarts and re-ingests.
+``Conversation`` keeps a session's history, rewrites follow-up questions into standalone
+queries (via :meth:`rag.RAG.ask` with ``history``) and writes every answered turn as one record
+(:mod:`rag.records`: user, session, UTC time, question, rewritten query, answer, citations,
+per-stage latency, index generation, feedback). Sessions survive restarts and re-ingests;
+resuming a ``session_id`` reloads its turns as history.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import ConfigError
+from .records import RecordStore
 from .types import Answer
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions(session_id TEXT PRIMARY KEY, user_id TEXT, created TEXT NOT NULL, updated TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS turns(
-  session_id TEXT NOT NULL, turn INTEGER NOT NULL, created TEXT NOT NULL, question TEXT NOT NULL, query TEXT,
-  answer TEXT NOT NULL, abstained INTEGER NOT NULL, citations TEXT NOT NULL, latency_s REAL,
-  feedback TEXT, feedback_note TEXT, PRIMARY KEY(session_id, turn));
-"""
+SessionStore = RecordStore
+"""The name this store had before records existed (``SessionStore.for_index(dir)``)."""
 
 
-def _utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+def generation_of(rag) -> int | None:
+    """The generation ``rag`` answers from now (None when it cannot tell): the fallback for
+    an :class:`Answer` whose ``generation`` is unset."""
+    try:
+        return int(rag.snapshot.generation)
+    except Exception:  # noqa: BLE001 - a record must never fail because of this
+        return None
 
 
-class SessionStore:
-    """Sessions and turns in one SQLite file (WAL mode; safe for several processes)."""
+def default_store(rag, path: str | Path | None = None) -> RecordStore:
+    """The record store of ``rag``'s index: ``path``, else config ``records.path``, else
+    :func:`rag.records.records_path` beside the index."""
+    if path is None:
+        path = getattr(getattr(rag.config, "records", None), "path", None)
+    return RecordStore.for_index(rag.index_dir, path)
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
 
-    @classmethod
-    def for_index(cls, index_dir: str | Path) -> "SessionStore":
-        return cls(Path(index_dir) / "sessions.sqlite")
-
-    def ensure_session(self, session_id: str, user_id: str | None) -> None:
-        with self._lock:
-            now = _utc()
-            self.conn.execute("INSERT OR IGNORE INTO sessions(session_id, user_id, created, updated) VALUES(?,?,?,?)",
-                              (session_id, user_id, now, now))
-
-    def add_turn(self, session_id: str, question: str, answer: Answer, latency_s: float) -> int:
-        """Append a turn; returns its 1-based number."""
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = int(self.conn.execute("SELECT coalesce(max(turn), 0) + 1 FROM turns WHERE session_id = ?",
-                                          (session_id,)).fetchone()[0])
-                now = _utc()
-                self.conn.execute(
-                    "INSERT INTO turns(session_id, turn, created, question, query, answer, abstained, citations, latency_s) "
-                    "VALUES(?,?,?,?,?,?,?,?,?)",
-                    (session_id, n, now, question, answer.query, answer.text, int(answer.abstained),
-                     json.dumps([c.to_dict() for c in answer.citations], ensure_ascii=False), latency_s))
-                self.conn.execute("UPDATE sessions SET updated = ? WHERE session_id = ?", (now, session_id))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-        return n
-
-    def set_feedback(self, session_id: str, turn: int, rating: str, note: str | None = None) -> None:
-        """Record "up" or "down" for a turn. Raises ConfigError when the turn does not exist."""
-        if rating not in ("up", "down"):
-            raise ConfigError(f"feedback must be 'up' or 'down', not {rating!r}")
-        with self._lock:
-            cur = self.conn.execute("UPDATE turns SET feedback = ?, feedback_note = ? WHERE session_id = ? AND turn = ?",
-                                    (rating, note, session_id, int(turn)))
-        if cur.rowcount == 0:
-            raise ConfigError(f"no turn {turn} in session {session_id!r} ({self.path})")
-
-    def turns(self, session_id: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
-        """Turns as dicts (citations decoded), oldest first."""
-        q = ("SELECT t.session_id, s.user_id, t.turn, t.created, t.question, t.query, t.answer, t.abstained, t.citations, "
-             "t.latency_s, t.feedback, t.feedback_note FROM turns t JOIN sessions s ON s.session_id = t.session_id")
-        where, params = [], []
-        if session_id:
-            where.append("t.session_id = ?")
-            params.append(session_id)
-        if user_id:
-            where.append("s.user_id = ?")
-            params.append(user_id)
-        if where:
-            q += " WHERE " + " AND ".join(where)
-        q += " ORDER BY t.created, t.turn"
-        keys = ("session_id", "user_id", "turn", "created", "question", "query", "answer", "abstained", "citations",
-                "latency_s", "feedback", "feedback_note")
-        out = []
-        for row in self.conn.execute(q, params):
-            d = dict(zip(keys, row))
-            d["abstained"] = bool(d["abstained"])
-            d["citations"] = json.loads(d["citations"])
-            out.append(d)
-        return out
-
-    def sessions(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        q = ("SELECT s.session_id, s.user_id, s.created, s.updated, count(t.turn) FROM sessions s "
-             "LEFT JOIN turns t ON t.session_id = s.session_id")
-        params: list[Any] = []
-        if user_id:
-            q += " WHERE s.user_id = ?"
-            params.append(user_id)
-        q += " GROUP BY s.session_id ORDER BY s.updated DESC"
-        return [dict(zip(("session_id", "user_id", "created", "updated", "turns"), r)) for r in self.conn.execute(q, params)]
-
-    def close(self) -> None:
-        self.conn.close()
+def record_answer(store: RecordStore, rag, answer: Answer, *, user_id: str | None = None,
+                  session_id: str | None = None, latency_s: float | None = None) -> dict[str, Any]:
+    """Write one record for ``answer`` produced by ``rag`` (the library entry point for
+    callers without a :class:`Conversation`, e.g. ``rag ask`` and the server). Returns it."""
+    gen = answer.generation if answer.generation is not None else generation_of(rag)
+    return store.add(answer, user_id=user_id, session_id=session_id, latency_s=latency_s, generation=gen,
+                     index_dir=str(Path(rag.index_dir).resolve()))
 
 
 class Conversation:
     """A chat session over a :class:`rag.RAG`.
 
     ``ask(question)`` answers with the conversation so far as history (follow-ups are rewritten
-    into standalone queries before retrieval) and records the turn. Resuming a ``session_id``
-    reloads its turns as history.
+    into standalone queries before retrieval) and records the turn; ``last_record`` is that
+    record (its ``turn`` numbers feedback). ``store``: a :class:`rag.records.RecordStore`
+    (default: :func:`default_store`). Thread-safety: one Conversation per session and thread.
     """
 
     def __init__(self, rag, session_id: str | None = None, user_id: str | None = None, *, top_k: int | None = None,
                  filters: Mapping[str, Any] | None = None, principals: Sequence[str] | None = None,
-                 store: SessionStore | None = None, max_history_turns: int = 6):
+                 store: RecordStore | None = None, max_history_turns: int = 6, records_path: str | Path | None = None):
         self.rag = rag
-        self.store = store or SessionStore.for_index(rag.index_dir)
+        self.store = store or default_store(rag, records_path)
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.user_id = user_id
         self.top_k = top_k
         self.filters = filters
         self.principals = principals
         self.max_history_turns = max_history_turns
+        self.last_record: dict[str, Any] | None = None
         self.store.ensure_session(self.session_id, user_id)
         self.history: list[dict[str, str]] = []
         for t in self.store.turns(session_id=self.session_id):
@@ -166,8 +93,10 @@ class Conversation:
             yield piece
 
     def _record(self, question: str, ans: Answer, latency_s: float) -> None:
-        self.store.add_turn(self.session_id, question, ans, latency_s)
+        self.last_record = record_answer(self.store, self.rag, ans, user_id=self.user_id, session_id=self.session_id,
+                                         latency_s=latency_s)
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": ans.text}]
 
-    def feedback(self, turn: int, rating: str, note: str | None = None) -> None:
-        self.store.set_feedback(self.session_id, turn, rating, note)
+    def feedback(self, turn: int, rating: str, note: str | None = None) -> dict[str, Any]:
+        """Rate ``turn`` (1-based) of this session "up" or "down"; returns the updated record."""
+        return self.store.set_feedback(self.session_id, turn, rating, note)

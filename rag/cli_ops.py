@@ -1,0 +1,198 @@
+"""Operating commands of the ``rag`` CLI: ``chat``, ``feedback``, ``history``, ``stats``.
+
+Registered on the click group by :mod:`rag.cli` (``register(cli)``); thin like the rest of the
+CLI: parse, call :mod:`rag.records` / :mod:`rag.stats` / :mod:`rag.conversation`, print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+records_option = click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
+                              help="Conversation records file (default: config records.path, else <index>/records.sqlite).")
+
+
+def _cli():
+    from . import cli as c
+
+    return c
+
+
+def _configured_records(ctx: click.Context, records_path: str | None) -> str | None:
+    if records_path:
+        return records_path
+    cfg, _ = _cli()._config(ctx)
+    return cfg.records.path
+
+
+def open_records(ctx: click.Context, index: str, records_path: str | None, *, create: bool):
+    """The RecordStore for INDEX. ``create=False`` (feedback, history, stats): a one-line error,
+    and nothing created, when no record has been written for INDEX yet."""
+    from .records import RecordStore, find_records, records_path as resolve
+
+    path = _configured_records(ctx, records_path)
+    if create:
+        return RecordStore(resolve(index, path))
+    found = find_records(index, path)
+    if found is None:
+        where = path or index
+        _cli()._fail(f"{where}: no conversation sessions here (no records yet; `rag ask` / `rag chat --index {index}` "
+                     "write them; pass the index or --records file they used)")
+    return RecordStore(found)
+
+
+def record_cli_answer(ctx, rag, ans, *, user_id, session_id, records_path) -> dict[str, Any] | None:
+    """Write the record of a `rag ask`; a failure is one warning line (the answer was given)."""
+    from .conversation import record_answer
+    from .errors import RagError
+
+    if ans is None:
+        return None
+    try:
+        store = open_records(ctx, str(rag.index_dir), records_path, create=True)
+        return record_answer(store, rag, ans, user_id=user_id, session_id=session_id)
+    except RagError as e:
+        click.echo(f"rag: warning: answer not recorded: {e}", err=True)
+        return None
+
+
+def register(cli: click.Group) -> None:
+    """Add chat, feedback, history and stats to ``cli``."""
+    c = _cli()
+
+    @cli.command()
+    @c.index_option
+    @click.option("--session", "session_id", default=None, help="Resume this session id.")
+    @click.option("--user", "user_id", default=None, help="User id recorded with the session.")
+    @click.option("--top-k", type=click.IntRange(1, 100), default=None)
+    @c.filter_option
+    @c.as_option
+    @records_option
+    @c._with_generation
+    @click.pass_context
+    def chat(ctx, index, session_id, user_id, top_k, filters, groups, records_path, generator, model, base_url,
+             max_new_tokens, temperature, seed):
+        """Interactive conversation; follow-up questions use the history. Empty line or Ctrl-D ends."""
+        from .conversation import Conversation
+        from .types import Answer
+
+        flt = c._parse_filters(filters)
+        rag = c._open(ctx, index, c._gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+        store = open_records(ctx, index, records_path, create=True)
+        conv = Conversation(rag, session_id=session_id, user_id=user_id, top_k=top_k, filters=flt,
+                            principals=c._principals(groups), store=store)
+        click.echo(f"Session {conv.session_id}. Ask a question (empty line to quit).")
+        while True:
+            try:
+                q = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+            except (EOFError, click.Abort):
+                break
+            if not q.strip():
+                break
+            click.echo("rag> ", nl=False)
+            ans = None
+            for piece in conv.stream(q):
+                if isinstance(piece, Answer):
+                    ans = piece
+                else:
+                    click.echo(piece, nl=False)
+            click.echo("")
+            c._print_citations(ans)
+        click.echo(f"Session {conv.session_id} saved.")
+
+    @cli.command(context_settings={"ignore_unknown_options": False})
+    @click.argument("args", nargs=-1, required=True, metavar="[SESSION_ID TURN] up|down")
+    @c.index_option
+    @click.option("--record", "record_id", type=int, default=None, help="Rate this record id (e.g. of a `rag ask`).")
+    @click.option("--note", default=None)
+    @records_option
+    @click.pass_context
+    def feedback(ctx, args, index, record_id, note, records_path):
+        """Rate TURN of SESSION_ID (or --record ID) up or down."""
+        want = 1 if record_id is not None else 3
+        if len(args) != want or args[-1] not in ("up", "down"):
+            raise click.UsageError("expected SESSION_ID TURN up|down, or --record ID up|down")
+        if record_id is None and not args[1].isdigit():
+            raise click.BadParameter(f"{args[1]!r} is not a turn number", param_hint="TURN")
+        store = open_records(ctx, index, records_path, create=False)
+        rating = args[-1]
+        if record_id is not None:
+            store.set_feedback(None, None, rating, note, record_id=record_id)
+            click.echo(f"Feedback {rating} recorded for record {record_id}.")
+        else:
+            store.set_feedback(args[0], int(args[1]), rating, note)
+            click.echo(f"Feedback {rating} recorded for session {args[0]}, turn {args[1]}.")
+
+    @cli.command()
+    @c.index_option
+    @click.option("--session", "session_id", default=None)
+    @click.option("--user", "user_id", default=None)
+    @click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+                  help="Write records as JSONL.")
+    @click.option("--anonymise", is_flag=True,
+                  help="With --export: salted-hash user ids, PII redacted from question, query, answer and note.")
+    @click.option("--salt", default=None, help="Salt for --anonymise (default: one stored in the records file).")
+    @click.option("--forget-user", "forget_user", default=None, metavar="ID",
+                  help="Delete every record, session and feedback of this user.")
+    @records_option
+    @click.pass_context
+    def history(ctx, index, session_id, user_id, export_path, anonymise, salt, forget_user, records_path):
+        """List conversation sessions, export records as JSONL, or erase a user."""
+        if anonymise and not export_path:
+            raise click.UsageError("--anonymise needs --export FILE")
+        store = open_records(ctx, index, records_path, create=False)
+        if forget_user is not None:
+            n = store.forget_user(forget_user)
+            click.echo(f"Forgot user {forget_user}: {n['records']} record(s), {n['sessions']} session(s), "
+                       f"{n['feedback']} feedback rating(s) deleted from {store.path}.")
+            return
+        if export_path or session_id:
+            rows = store.export(store.records(session_id=session_id, user_id=user_id), anonymise=anonymise, salt=salt)
+            lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+            if export_path:
+                with open(export_path, "w", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + ("\n" if lines else ""))
+                click.echo(f"Exported {len(lines)} record(s) to {export_path}" + (" (anonymised)." if anonymise else "."))
+            else:
+                for line in lines:
+                    click.echo(line)
+            return
+        sessions = store.sessions(user_id=user_id)
+        if not sessions:
+            click.echo("No sessions.")
+        for s in sessions:
+            click.echo(f"{s['session_id']}  user={s['user_id'] or '-'}  turns={s['turns']}  started={s['created']}  "
+                       f"last={s['updated']}")
+
+    @cli.command()
+    @c.index_option
+    @click.option("--since", default=None, metavar="DATE", help="Only records from this UTC date (YYYY-MM-DD) or time on.")
+    @click.option("--user", "user_id", default=None, help="Only this user's records.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+    @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+                  help="Also write one self-contained HTML page with plots.")
+    @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in each top list.")
+    @records_option
+    @click.pass_context
+    def stats(ctx, index, since, user_id, as_json, html_path, top, records_path):
+        """Usage over time: questions per day, abstention, feedback, latency, cited and never-cited documents."""
+        from . import stats as st
+
+        since_iso = st.parse_since(since) if since else None
+        store = open_records(ctx, index, records_path, create=False)
+        docs = st.index_documents(index)
+        res = st.compute_stats(store.records(user_id=user_id, since=since_iso), documents=docs, top=top,
+                               since=since_iso, user_id=user_id)
+        if html_path:
+            with open(html_path, "w", encoding="utf-8") as f:
+                f.write(st.render_stats_html(res, title=f"rag stats: {index}"))
+        if as_json:
+            c._emit_json(res)
+        else:
+            click.echo(st.format_table(res))
+            if html_path:
+                click.echo(f"\nWrote {html_path}.")
