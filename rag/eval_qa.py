@@ -7,12 +7,19 @@ answers are SQuAD v1.1 spans (Rajpurkar et al. 2016).
 Metrics (answer text scored without its ``[n]`` markers):
 
 * ``exact_match``, ``f1``: SQuAD v1.1 official definitions (normalise: lower-case, remove
-  punctuation and the articles a/an/the, collapse whitespace; token-level F1), max over the gold
-  answers; an abstention scores 0.
-* ``contains``: share of answers whose normalised text contains a normalised gold answer.
+  punctuation and the articles a/an/the, collapse whitespace; token-level F1) of the SHORT answer
+  (``Answer.short``, or the full text when there is none), max over the gold answers; an
+  abstention scores 0.
+* ``contains``: share of questions whose FULL answer text contains a normalised gold answer.
+* ``yes_no_accuracy``, ``yes_no_f1_yes``, ``yes_no_f1_no`` (only when every gold answer is
+  "yes" or "no", e.g. BoolQ): the verdict is ``Answer.short`` ("Yes"/"No") or the first word of
+  the text; an abstention or an undecided answer counts as wrong. ``yes_no_undecided``: share
+  of questions with no verdict.
+* ``gold_passage_cited``: share of questions whose answer cites a chunk of a gold passage.
+* ``by_kind``: ``{route: {n, contains, exact_match, f1, abstained}}`` per ``Answer.kind``.
 * ``citation_precision``: share of citations (of non-abstained answers) whose cited chunk
-  contains a gold answer or belongs to a gold passage (``chunk.metadata["record_id"]``, or the
-  chunk's ``doc_id`` equal to / ending in ``#<passage id>``).
+  contains a gold answer (not for yes/no golds) or belongs to a gold passage
+  (``chunk.metadata["record_id"]``, or the chunk's ``doc_id`` equal to / ending in ``#<passage id>``).
 * ``dangling_citations``: citations whose chunk is not among the answer's hits plus ``[n]``
   markers in the text without a matching citation (should be 0).
 * ``retrieval_hit_rate_at_k``: share of questions with a gold passage among the first ``k`` hits.
@@ -154,11 +161,14 @@ def evaluate_qa(
     """
     dataset_dir = Path(dataset_dir)
     qs = load_questions(dataset_dir, limit, split)
-    em = f1 = contains = hit = abst = 0.0
+    em = f1 = contains = hit = abst = cited_gold = 0.0
     n_cit = good_cit = dangling = 0
     ttfts: list[float] = []
     lats: list[float] = []
     rows = []
+    yes_no = bool(qs) and all({a.strip().lower() for a in q["answers"]} <= {"yes", "no"} for q in qs)
+    verdicts: list[tuple[str, str]] = []  # (gold, predicted or "")
+    kinds: dict[str, dict[str, float]] = {}
     for qi, q in enumerate(qs):
         if progress:
             progress("questions", qi, len(qs))
@@ -183,15 +193,28 @@ def evaluate_qa(
         for m in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", ans.text):
             dangling += sum(1 for x in re.findall(r"\d+", m) if int(x) not in cit_ns)
         text = strip_markers(ans.text)
+        short = ans.short or text
+        kd = kinds.setdefault(ans.kind, {"n": 0, "contains": 0.0, "exact_match": 0.0, "f1": 0.0, "abstained": 0.0})
+        kd["n"] += 1
         row_f1 = 0.0
+        verdict = ""
         if ans.abstained:
             abst += 1
+            kd["abstained"] += 1
         else:
-            em += max(exact_match(text, g) for g in golds)
-            row_f1 = max(f1_score(text, g) for g in golds)
+            row_em = max(exact_match(short, g) for g in golds)
+            row_f1 = max(f1_score(short, g) for g in golds)
+            em += row_em
             f1 += row_f1
             nt = normalize_answer(text)
-            contains += float(any(normalize_answer(g) and normalize_answer(g) in nt for g in golds))
+            row_c = float(any(normalize_answer(g) and normalize_answer(g) in nt for g in golds))
+            contains += row_c
+            kd["contains"] += row_c
+            kd["exact_match"] += row_em
+            kd["f1"] += row_f1
+            first = (ans.short or (text.split() or [""])[0]).strip(".,:;!").lower()
+            verdict = first if first in ("yes", "no") else ""
+            cites_gold = False
             for c in ans.citations:
                 n_cit += 1
                 ch = chunks.get(c.chunk_id)
@@ -199,11 +222,17 @@ def evaluate_qa(
                     dangling += 1
                     continue
                 nch = normalize_answer(ch.text)
-                if (_chunk_passage_ids(ch) & gold_ids) or any(normalize_answer(g) and normalize_answer(g) in nch for g in golds):
+                in_gold = bool(_chunk_passage_ids(ch) & gold_ids)
+                cites_gold |= in_gold
+                if in_gold or (not yes_no and any(normalize_answer(g) and normalize_answer(g) in nch for g in golds)):
                     good_cit += 1
+            cited_gold += cites_gold
+        if yes_no:
+            verdicts.append((golds[0].strip().lower(), verdict))
         if per_question:
-            rows.append({"question": q["question"], "answer": ans.text, "golds": golds, "f1": row_f1,
-                         "abstained": ans.abstained, "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ans.hits[:k]],
+            rows.append({"question": q["question"], "answer": ans.text, "short": ans.short, "kind": ans.kind,
+                         "golds": golds, "f1": row_f1, "abstained": ans.abstained,
+                         "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ans.hits[:k]],
                          "gold_passage_ids": sorted(gold_ids)})
     n = len(qs) or 1
     ood_abst = 0
@@ -224,14 +253,33 @@ def evaluate_qa(
         "dangling_citations": dangling,
         f"retrieval_hit_rate_at_{k}": hit / n,
         "false_abstention": abst / n,
+        "gold_passage_cited": cited_gold / n,
         "n_ood": len(ood_questions),
         "abstention_ood": (ood_abst / len(ood_questions)) if ood_questions else None,
         "ttft_p50_s": _median(ttfts),
         "latency_p50_s": _median(lats),
         "split": split,
     }
+    out["by_kind"] = {kd: {"n": int(v["n"]), **{m: v[m] / v["n"] for m in ("contains", "exact_match", "f1", "abstained")}}
+                      for kd, v in sorted(kinds.items())}
+    if yes_no:
+        out.update(_yes_no_scores(verdicts))
     if per_question:
         out["rows"] = rows
+    return out
+
+
+def _yes_no_scores(verdicts: list[tuple[str, str]]) -> dict:
+    """Accuracy and per-class F1 of (gold, predicted) verdicts; "" (no verdict) is wrong."""
+    n = len(verdicts) or 1
+    out = {"yes_no_accuracy": sum(g == p for g, p in verdicts) / n,
+           "yes_no_undecided": sum(p == "" for _, p in verdicts) / n}
+    for c in ("yes", "no"):
+        tp = sum(g == c and p == c for g, p in verdicts)
+        pp = sum(p == c for _, p in verdicts)
+        gp = sum(g == c for g, _ in verdicts)
+        prec, rec = (tp / pp if pp else 0.0), (tp / gp if gp else 0.0)
+        out[f"yes_no_f1_{c}"] = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     return out
 
 
@@ -259,7 +307,7 @@ def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, co
     if not rag.store.exists():
         rag.ingest([d / "passages.jsonl"], progress=progress)
     rag = RAG.open(idx)
-    rag.config = rag.config.updated({k_: v for k_, v in cfg.to_dict().items() if k_ in ("retrieval", "generation")})
+    rag.config = rag.config.updated({k_: v for k_, v in cfg.to_dict().items() if k_ in ("retrieval", "generation", "answer")})
     if ood_path is None:
         guess = d.parent / "beir-scifact" / "queries.jsonl"
         ood_path = guess if guess.exists() else None

@@ -5,7 +5,7 @@ import pytest
 
 from rag.answering import ABSTAIN_TEXT, GroundedAnswerer, question_type, rewrite_query
 from rag.config import GenerationConfig
-from rag.embedding import HashEmbedder
+from rag.testing import HashEmbedder
 from rag.generation import EchoGenerator, ExtractiveGenerator
 from rag.types import Answer, Chunk, Hit
 

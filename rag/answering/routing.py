@@ -27,15 +27,21 @@ _AUX = frozenset(
 )
 _LEAD = re.compile(r"^\s*(?:(?:and|so|but|also|ok|okay|then|well|please)\b[,\s]*)*", re.I)
 _COMPARE = re.compile(
-    r"\b(differences?|differ|differs|different from|compare[ds]?|comparison|versus|vs\.?|similarit(?:y|ies)|similar to)\b"
+    r"\b(?:differences?|differ|differs|versus|vs\.?|similarit(?:y|ies))\b|^compare\b|^how (?:does|do|is|are) .+ compare\b"
     r"|\bwhich is (?:better|faster|slower|larger|smaller|more|less)\b", re.I)
 _LIST = re.compile(
     r"^(?:list|enumerate|name (?:all|some|the|three|two|four|five|several|a few)\b|give (?:me )?(?:some |a few |three |two )?examples)"
     r"|^what (?:are|were) (?:the |some )?(?:\w+ )?(?:types|kinds|sorts|ways|steps|features|advantages|disadvantages|benefits"
     r"|examples|options|methods|functions|reasons|parts|components|uses|rules|principles|levels|modes|categories)\b"
-    r"|^which (?:\w+ )?(?:types|kinds|functions|methods|options|features|formats|modules|languages)\b", re.I)
+    r"|^which (?:\w+ )?(?:types|kinds|functions|methods|options|features|formats|modules|languages|files)\b"
+    r"|^what (?:\w+ )?(?:types|kinds|sorts) of\b|^(?:what|which) (?:are |were )?(?:the )?(?:two|three|four|five|several)\b"
+    r"|\bnames of\b", re.I)
 _HOW_FACT = re.compile(r"^how (?:many|much|long|far|old|large|big|tall|high|often|soon|fast|deep|wide|heavy|early|late)\b", re.I)
-_EXPLAIN_START = re.compile(r"^(?:why|how|explain|describe|tell me about|what happens|what does \S+(?: \S+){0,4} (?:do|mean|stand for)\b)", re.I)
+_EXPLAIN_START = re.compile(
+    r"^(?:why|how|explain|describe|tell me about|what happens|what does \S+(?: \S+){0,4} (?:do|mean|stand for)\b)"
+    r"|^what (?:is|was|are|were) (?:the )?(?:main |primary |chief )?(?:reason|idea|purpose|goal|cause|point)s?\b"
+    r"|\bused for\??$", re.I)
+_NAMING = re.compile(r"\b(?:known|called|named|abbreviated|referred to|described)(?: as| for)?\??$|\bin english\??$", re.I)
 _DEFINITION = re.compile(r"^(?:what|who) (?:is|are) (?:a |an |the )?(?P<np>[^?,;]+?)\s*\??$", re.I)
 _ATTRIBUTE = re.compile(
     r"^(?:name|number|capital|population|size|cost|price|date|year|day|time|length|height|width|weight|value|term|word"
@@ -65,7 +71,8 @@ def route(question: str) -> str:
         np_ = m.group("np").strip()
         words = np_.split()
         possessive = "'s " in np_ or np_.endswith("'s")
-        if len(words) <= 5 and not _ATTRIBUTE.match(np_) and not possessive:
+        naming = bool(_NAMING.search(np_)) or words[0].lower().endswith("ed")
+        if len(words) <= 5 and not _ATTRIBUTE.match(np_) and not possessive and not naming:
             if low.startswith("who"):
                 return "explanatory" if all(w[:1].isupper() for w in words) else "factoid"
             return "explanatory"
