@@ -182,7 +182,12 @@ def register(cli: click.Group) -> None:
         """Usage over time: questions per day, abstention, feedback, latency, cited and never-cited documents."""
         from . import stats as st
 
-        since_iso = st.parse_since(since) if since else None
+        from .errors import ConfigError
+
+        try:
+            since_iso = st.parse_since(since) if since else None
+        except ConfigError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint="--since") from None
         store = open_records(ctx, index, records_path, create=False)
         docs = st.index_documents(index)
         res = st.compute_stats(store.records(user_id=user_id, since=since_iso), documents=docs, top=top,
