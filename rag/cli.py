@@ -245,10 +245,11 @@ def search(ctx, query, index, mode, top_k, fusion, rerank, filters, groups, as_j
 
     flt = _parse_filters(filters)  # a bad flag is reported before the index is opened
     rag = _open(ctx, index, {"retrieval": {"fusion": fusion, "reranker": rerank}})
-    hits = rag.search(query, top_k=top_k, mode=mode, filters=flt, principals=_principals(groups))
+    res = rag.search_result(query, top_k=top_k, mode=mode, filters=flt, principals=_principals(groups))
+    hits = list(res.hits)
     if as_json:
-        _emit_json({"query": query, "mode": mode or rag.config.retrieval.mode, "hits": [_hit_json(h) for h in hits],
-                    "timings": rag.retriever.last_timings})
+        _emit_json({"query": query, "mode": mode or rag.config.retrieval.mode, "generation": res.generation,
+                    "hits": [_hit_json(h) for h in hits], "timings": res.timings})
         return
     if not hits:
         click.echo("No matching chunks.")

@@ -202,22 +202,31 @@ class RagConfig:
             for key, value in values.items():
                 if key not in known:
                     raise ConfigError(f"unknown config key {section}.{key}")
-                default = getattr(current, key)
-                if isinstance(default, tuple) and isinstance(value, list):
-                    value = tuple(value)
-                if isinstance(default, bool) and not isinstance(value, bool):
-                    raise ConfigError(f"{section}.{key} must be true or false, not {value!r}")
-                if isinstance(default, (int, float)) and not isinstance(default, bool):
-                    if not isinstance(value, (int, float)) or isinstance(value, bool):
-                        raise ConfigError(f"{section}.{key} must be a number, not {value!r}")
-                    value = type(default)(value) if isinstance(default, float) else value
-                changes[key] = value
+                changes[key] = _checked(f"{section}.{key}", getattr(current, key), known[key].type, value)
             setattr(new, section, dataclasses.replace(current, **changes))
         new.validate()
         return new
 
     def validate(self) -> None:
-        """Raise ConfigError if a value is out of range."""
+        """Raise ConfigError (one line, naming the key) if a value is out of range."""
+        for name, value, ok, want in (
+            ("embedding.batch_size", self.embedding.batch_size, self.embedding.batch_size >= 1, ">= 1"),
+            ("dedup.shingle_words", self.dedup.shingle_words, self.dedup.shingle_words >= 1, ">= 1"),
+            ("dedup.num_perm", self.dedup.num_perm, self.dedup.num_perm >= 16, ">= 16"),
+            ("bm25.k1", self.bm25.k1, self.bm25.k1 >= 0, ">= 0"),
+            ("bm25.b", self.bm25.b, 0 <= self.bm25.b <= 1, "in [0, 1]"),
+            ("retrieval.rerank_depth", self.retrieval.rerank_depth, self.retrieval.rerank_depth >= 1, ">= 1"),
+            ("retrieval.ann_threshold", self.retrieval.ann_threshold, self.retrieval.ann_threshold >= 1, ">= 1"),
+            ("generation.max_new_tokens", self.generation.max_new_tokens, self.generation.max_new_tokens >= 1, ">= 1"),
+            ("generation.temperature", self.generation.temperature, self.generation.temperature >= 0, ">= 0"),
+            ("generation.context_tokens", self.generation.context_tokens, self.generation.context_tokens >= 1, ">= 1"),
+            ("generation.timeout_s", self.generation.timeout_s, self.generation.timeout_s > 0, "> 0"),
+        ):
+            if not ok:
+                raise ConfigError(f"{name} must be {want}, not {value!r}")
+        w = self.retrieval.weights
+        if len(w) != 2 or any(x < 0 for x in w):
+            raise ConfigError(f"retrieval.weights must be two numbers >= 0 (dense, sparse), not {list(w)!r}")
         c = self.chunking
         if not 8 <= c.chunk_size_tokens <= 8192:
             raise ConfigError(f"chunking.chunk_size_tokens must be in [8, 8192], not {c.chunk_size_tokens}")
@@ -259,3 +268,41 @@ class RagConfig:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
+
+
+def _checked(name: str, default: Any, annotation: Any, value: Any) -> Any:
+    """``value`` for the key ``name`` checked against the type of its default (and, for keys
+    whose default is None, its annotation). Raises ConfigError naming the key. ints are not
+    silently truncated (``top_k = 2.7`` is refused); bools are not numbers; floats must be
+    finite; a tuple default (``retrieval.weights``) needs a list of the same length."""
+    import math
+
+    def number(v: Any, integer: bool) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, not {v!r}")
+        if integer and not isinstance(v, int):
+            raise ConfigError(f"{name} must be an integer, not {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name} must be finite, not {v!r}")
+        return v if integer else float(v)
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        return number(value, isinstance(default, int))
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or (default and len(value) != len(default)):
+            raise ConfigError(f"{name} must be a list of {len(default)} values, not {value!r}")
+        if default and all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in default):
+            return tuple(number(v, False) for v in value)
+        return tuple(value)
+    if default is None and "str" in str(annotation):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r}")
+    return value

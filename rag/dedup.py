@@ -9,7 +9,7 @@ Massive Datasets*, ch. 3), and confirmed with the MinHash estimate of the Jaccar
 
 from __future__ import annotations
 
-import hashlib
+from .hashing import sha256_hex
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ def normalise_text(text: str) -> str:
 
 def text_hash(text: str) -> str:
     """SHA-256 hex digest (64 characters) of the UTF-8 bytes of :func:`normalise_text` ``(text)``."""
-    return hashlib.sha256(normalise_text(text).encode("utf-8", errors="surrogatepass")).hexdigest()
+    return sha256_hex(normalise_text(text))
 
 
 def lsh_params(threshold: float, num_perm: int, min_recall: float = 0.995) -> tuple[int, int]:
@@ -166,7 +166,7 @@ class Deduplicator:
 
     @staticmethod
     def _digest(norm: str) -> str:
-        return hashlib.sha256(norm.encode("utf-8", errors="surrogatepass")).hexdigest()
+        return sha256_hex(norm)
 
     def _signature(self, norm: str) -> np.ndarray | None:
         if not self.near:

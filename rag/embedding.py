@@ -234,38 +234,10 @@ class SentenceTransformerEmbedder:
 _TORCH_THREADS_LOCK = threading.Lock()
 
 
-class HashEmbedder:
-    """Deterministic fake embedder for tests: hashed bag of lower-cased words, L2-normalised.
-
-    Texts that share words get positive cosine similarity, so retrieval tests behave sensibly
-    without loading a model. (n, dim) float32.
-    """
-
-    def __init__(self, dim: int = 64):
-        self.dim = dim
-        self.model_id = f"hash-{dim}"
-        self.max_seq_length = 10_000
-
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                w = "".join(ch for ch in w if ch.isalnum())
-                if not w:
-                    continue
-                h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
-                out[i, h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
-            n = np.linalg.norm(out[i])
-            if n > 0:
-                out[i] /= n
-        return out
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_documents([text])[0]
-
-
 def make_embedder(config: EmbeddingConfig, allow_pickle: bool = False) -> Embedder:
     """Build the configured embedder (cheap; the model loads on first use)."""
-    if config.model.startswith("hash-"):
-        return HashEmbedder(int(config.model.split("-", 1)[1]))
+    if config.model.startswith("testing:"):  # fakes for tests, chosen explicitly (rag.testing)
+        from .testing import make_embedder as make_test_embedder
+
+        return make_test_embedder(config.model)
     return SentenceTransformerEmbedder(config, allow_pickle=allow_pickle)

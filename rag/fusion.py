@@ -6,6 +6,9 @@
   analysis of fusion functions for hybrid retrieval", ACM TOIS), min-max or z-score.
 
 Both return ``[(id, fused_score), ...]`` sorted best first with deterministic tie breaking.
+A ``None`` list counts as empty (a retriever that returned nothing); entries with a NaN or
+infinite score are dropped before fusing (one such score would flatten a whole normalised list);
+weights must be finite and >= 0 (ValueError otherwise).
 """
 
 from __future__ import annotations
@@ -16,25 +19,37 @@ from typing import Sequence
 import numpy as np
 
 
-def rrf(rankings: Sequence[Sequence[int]], k: int = 60,
+def _check_weights(weights: Sequence[float], n: int, what: str) -> list[float]:
+    if len(weights) != n:
+        raise ValueError(f"{n} {what} but {len(weights)} weights")
+    out = []
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)):
+            raise ValueError(f"weights must be numbers, not {w!r}")
+        if not math.isfinite(float(w)) or float(w) < 0:
+            raise ValueError(f"weights must be finite and >= 0, not {w!r}")
+        out.append(float(w))
+    return out
+
+
+def rrf(rankings: Sequence[Sequence[int] | None], k: int = 60,
         weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
     """Reciprocal rank fusion: ``score(d) = sum_i w_i / (k + rank_i(d))``, ranks 1-based.
 
-    ``rankings``: one list of ids per retriever, best first (a repeated id keeps its best rank).
-    A document absent from list ``i`` gets nothing from it (no invented rank). ``weights``
-    default to 1.0 each. Result sorted by fused score descending; ties broken by the best
-    single rank (smaller first), then by id ascending. Raises ValueError when ``k < 0`` or
-    ``weights`` has the wrong length.
+    ``rankings``: one list of ids per retriever, best first (a repeated id keeps its best rank;
+    None = empty). A document absent from list ``i`` gets nothing from it (no invented rank).
+    ``weights`` default to 1.0 each. Result sorted by fused score descending; ties broken by
+    the best single rank (smaller first), then by id ascending. Raises ValueError when ``k < 0``
+    or ``weights`` has the wrong length or a negative / non-finite / non-numeric value.
     """
-    if k < 0:
-        raise ValueError(f"k must be >= 0, not {k}")
-    if weights is None:
-        weights = [1.0] * len(rankings)
-    if len(weights) != len(rankings):
-        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) or not k >= 0 or not math.isfinite(k):
+        raise ValueError(f"k must be a finite number >= 0, not {k!r}")
+    weights = _check_weights([1.0] * len(rankings) if weights is None else list(weights), len(rankings), "rankings")
     scores: dict[int, float] = {}
     best_rank: dict[int, int] = {}
     for ranking, w in zip(rankings, weights):
+        if ranking is None:
+            continue
         seen: set[int] = set()
         for rank, doc in enumerate(ranking, start=1):
             doc = int(doc)
@@ -69,7 +84,7 @@ def normalize(scores: np.ndarray, norm: str = "zscore") -> np.ndarray:
     return (s - s.mean()) / s.std()
 
 
-def convex(results: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float],
+def convex(results: Sequence[tuple[np.ndarray, np.ndarray] | None], weights: Sequence[float],
            norm: str = "zscore") -> list[tuple[int, float]]:
     """Convex combination ``sum_i w_i * norm_i(score_i(d))`` (Bruch, Gai & Ingber 2023).
 
@@ -87,17 +102,23 @@ def convex(results: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[f
       is at best as good as the worst candidate seen. Giving it 0 under z-score would instead
       rank it above every below-average candidate the retriever did return.
 
-    A repeated id within one list keeps its highest score. Result sorted by fused score
-    descending, ties by id ascending. Raises ValueError on mismatched lengths or unknown norm.
+    A repeated id within one list keeps its highest score; ``None`` is an empty list; entries
+    whose score is NaN or infinite are dropped. Result sorted by fused score descending, ties
+    by id ascending. Raises ValueError on mismatched lengths, bad weights or unknown norm.
     """
-    if len(weights) != len(results):
-        raise ValueError(f"{len(results)} result lists but {len(weights)} weights")
+    weights = _check_weights(list(weights), len(results), "result lists")
     per_list: list[tuple[np.ndarray, np.ndarray, float] | None] = []
-    for ids, scores in results:
+    for item in results:
+        if item is None:
+            per_list.append(None)
+            continue
+        ids, scores = item
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if ids.shape[0] != scores.shape[0]:
             raise ValueError(f"a result list has {ids.shape[0]} ids but {scores.shape[0]} scores")
+        finite = np.isfinite(scores)
+        ids, scores = ids[finite], scores[finite]
         if ids.size == 0:
             per_list.append(None)  # an empty list contributes nothing
             continue

@@ -1,8 +1,9 @@
-"""Dense, sparse (BM25) and hybrid retrieval over one index snapshot, with filters, access
-control, optional per-document aggregation and optional cross-encoder reranking.
+"""Dense, sparse (BM25) and hybrid retrieval over one leased index state
+(:class:`rag.index.backend.IndexReader`), with filters, access control, optional per-document
+aggregation and optional cross-encoder reranking.
 
-Filtering happens inside each retriever (an allow-list of chunk ids passed to FAISS and BM25),
-so ``top_k`` hits come back whenever that many chunks match.
+Filtering happens inside each retriever (the backend compiles the :class:`Filter`), so
+``top_k`` hits come back whenever that many chunks match.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .config import RetrievalConfig
 from .errors import ConfigError, ModelError
-from .types import Hit
+from .index.backend import TRUSTED, Filter, Ranked
+from .types import Hit, SearchResult
 
 log = logging.getLogger("rag")
 
@@ -67,95 +69,93 @@ class CrossEncoderReranker:
         return np.asarray(self._model.predict([(query, t) for t in texts], show_progress_bar=False), dtype=np.float32).reshape(-1)
 
 
-class HybridRetriever:
-    """Retrieves from a :class:`rag.index.store.Snapshot`.
+def validate_top_k(top_k: Any, name: str = "top_k") -> int:
+    """``top_k`` as a positive int. Raises ConfigError (naming ``name``) for anything else:
+    0, negatives, floats such as 2.7, strings, and bools (True is not a count)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer >= 1, not {top_k!r}")
+    if top_k < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, not {top_k!r}")
+    return int(top_k)
 
-    ``mode``: "dense" (cosine over FAISS), "bm25" (BM25 scores) or "hybrid" (both, fused by
+
+class HybridRetriever:
+    """Dense, sparse and hybrid retrieval over one :class:`rag.index.backend.IndexReader`.
+
+    ``mode``: "dense" (cosine), "bm25" (BM25 scores) or "hybrid" (both, fused by
     ``config.fusion``: RRF with k=60 after Cormack, Clarke & Büttcher 2009, or convex combination
     of normalised scores after Bruch, Gai & Ingber 2023). Each retriever contributes
-    ``config.candidate_depth`` candidates.
+    ``config.candidate_depth`` candidates. Stateless between calls (safe to share between
+    threads): everything a search produces travels in its :class:`rag.types.SearchResult`.
     """
 
-    def __init__(self, snapshot, embedder, config: RetrievalConfig, reranker: CrossEncoderReranker | None = None):
-        self.snapshot = snapshot
+    def __init__(self, embedder, config: RetrievalConfig, reranker: CrossEncoderReranker | None = None):
         self.embedder = embedder
         self.config = config
         self.reranker = reranker
-        self.last_timings: dict[str, float] = {}
 
-    def search(self, query: str, top_k: int | None = None, mode: str | None = None,
-               filters: Mapping[str, Any] | None = None, principals: Sequence[str] | None = None,
-               aggregate: str = "chunk", candidate_depth: int | None = None) -> list[Hit]:
-        """Top ``top_k`` hits for ``query`` (best first, ranks 1-based).
+    def search(self, reader, query: str, top_k: int | None = None, mode: str | None = None,
+               filter: Filter = TRUSTED, aggregate: str = "chunk", candidate_depth: int | None = None) -> SearchResult:
+        """Top ``top_k`` hits for ``query`` from ``reader`` (best first, ranks 1-based).
 
         ``aggregate="document"`` keeps each document's best chunk (max-pooled scores per
-        retriever before fusion), as BEIR evaluation needs. Raises ConfigError on a bad mode.
+        retriever before fusion), as BEIR evaluation needs. Raises ConfigError on a bad mode,
+        aggregate or ``top_k`` (see :func:`validate_top_k`).
         """
         cfg = self.config
-        top_k = int(top_k or cfg.top_k)
+        top_k = cfg.top_k if top_k is None else validate_top_k(top_k)
         mode = mode or cfg.mode
         if mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
-        depth = max(int(candidate_depth or cfg.candidate_depth), top_k)
+        if aggregate not in ("chunk", "document"):
+            raise ConfigError(f"aggregate must be 'chunk' or 'document', not {aggregate!r}")
+        depth = max(validate_top_k(candidate_depth or cfg.candidate_depth, "candidate_depth"), top_k)
         if self.reranker is not None:
             depth = max(depth, cfg.rerank_depth)
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        allowed = self.snapshot.docstore.allowed_ids(filters, principals)
-        timings["filter_s"] = time.perf_counter() - t0
-        if allowed is not None and allowed.size == 0:
-            self.last_timings = timings
-            return []
-        n_chunks = int(self.snapshot.manifest["counts"]["chunks"])
-        if n_chunks == 0:
-            self.last_timings = timings
-            return []
+        t_all = time.perf_counter()
+        gen = int(reader.generation)
+        if reader.counts.chunks == 0:
+            return SearchResult(hits=(), timings=timings, generation=gen, query=query)
         # Per-document aggregation needs more chunk candidates to fill `depth` documents.
         chunk_depth = depth * 3 if aggregate == "document" else depth
-        dense_list: tuple[np.ndarray, np.ndarray] | None = None
-        sparse_list: tuple[np.ndarray, np.ndarray] | None = None
+        dense: Ranked | None = None
+        sparse: Ranked | None = None
+        qv = None
 
-        def bm25() -> tuple[tuple[np.ndarray, np.ndarray], float]:
+        def bm25() -> tuple[Ranked, float]:
             t = time.perf_counter()
-            scores, ids = self.snapshot.sparse.search(query, min(chunk_depth, n_chunks), allowed_ids=allowed)
-            return (np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)), time.perf_counter() - t
+            return reader.sparse_search(query, chunk_depth, filter), time.perf_counter() - t
 
         # hybrid: BM25 runs on a worker thread while the query is embedded and FAISS searches
         # (both release the GIL), hiding its cost; numbers are the same as sequential
         pending = _pool().submit(bm25) if mode == "hybrid" and PARALLEL_HYBRID else None
         if mode in ("dense", "hybrid"):
             t = time.perf_counter()
-            qv = self.embedder.embed_query(query).reshape(1, -1).astype(np.float32)
+            qv = np.asarray(self.embedder.embed_query(query), dtype=np.float32).reshape(-1)
             timings["embed_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            scores, ids = self.snapshot.dense.search(qv, min(chunk_depth, n_chunks), allowed_ids=allowed)
-            keep = ids[0] >= 0
-            dense_list = (ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float32))
+            dense = reader.dense_search(qv, chunk_depth, filter)
             timings["dense_s"] = time.perf_counter() - t
         if mode in ("bm25", "hybrid"):
-            sparse_list, timings["sparse_s"] = pending.result() if pending is not None else bm25()
+            sparse, timings["sparse_s"] = pending.result() if pending is not None else bm25()
         t = time.perf_counter()
-        chunk_map: dict[int, Any] = {}
         if aggregate == "document":
             # document codes come from an in-memory id -> document table, so pooling reads no
             # chunk rows (the docstore is read only for the final hits)
-            dense_list = _max_pool(dense_list, self.snapshot.document_codes, depth)
-            sparse_list = _max_pool(sparse_list, self.snapshot.document_codes, depth)
-            dense_list, sparse_list = _same_representative(dense_list, sparse_list, self.snapshot.document_codes)
+            dense = _max_pool(dense, reader.document_of, depth)
+            sparse = _max_pool(sparse, reader.document_of, depth)
+            dense, sparse = _same_representative(dense, sparse, reader.document_of)
         else:
-            if dense_list is not None:
-                dense_list = (dense_list[0][:depth], dense_list[1][:depth])
-            if sparse_list is not None:
-                sparse_list = (sparse_list[0][:depth], sparse_list[1][:depth])
-        fused = self._fuse(mode, dense_list, sparse_list)
+            dense = dense.top(depth) if dense is not None else None
+            sparse = sparse.top(depth) if sparse is not None else None
+        fused = self._fuse(mode, dense, sparse)
         timings["fusion_s"] = time.perf_counter() - t
-        d_rank = _rank_map(dense_list)
-        s_rank = _rank_map(sparse_list)
+        d_rank = _rank_map(dense)
+        s_rank = _rank_map(sparse)
         n_out = top_k if self.reranker is None else max(top_k, cfg.rerank_depth)
         fused = fused[:n_out]
-        missing = [cid for cid, _ in fused if cid not in chunk_map]
-        if missing:
-            chunk_map.update(self.snapshot.docstore.get_chunks(missing))
+        chunk_map = {c.id: c for c in reader.chunks([cid for cid, _ in fused])}
         hits = []
         for cid, score in fused:
             ch = chunk_map.get(cid)
@@ -174,49 +174,49 @@ class HybridRetriever:
                         dense_rank=hits[i].dense_rank, sparse_score=hits[i].sparse_score,
                         sparse_rank=hits[i].sparse_rank, rerank_score=float(rs[i])) for r, i in enumerate(order)]
             timings["rerank_s"] = time.perf_counter() - t
-        self.last_timings = timings
-        return hits[:top_k]
+        timings["total_s"] = time.perf_counter() - t_all
+        return SearchResult(hits=tuple(hits[:top_k]), timings=timings, generation=gen, query_vector=qv, query=query)
 
-    def _fuse(self, mode: str, dense_list, sparse_list) -> list[tuple[int, float]]:
+    def _fuse(self, mode: str, dense: Ranked | None, sparse: Ranked | None) -> list[tuple[int, float]]:
         from .fusion import convex, rrf
 
         cfg = self.config
         if mode == "dense":
-            return [(int(i), float(s)) for i, s in zip(*dense_list)]
+            return list(dense)  # type: ignore[arg-type]
         if mode == "bm25":
-            return [(int(i), float(s)) for i, s in zip(*sparse_list)]
+            return list(sparse)  # type: ignore[arg-type]
         if cfg.fusion == "rrf":
-            return rrf([list(map(int, dense_list[0])), list(map(int, sparse_list[0]))], k=cfg.rrf_k, weights=list(cfg.weights))
-        return convex([dense_list, sparse_list], weights=[cfg.alpha, 1.0 - cfg.alpha], norm=cfg.norm)
+            return rrf([dense.ids.tolist(), sparse.ids.tolist()], k=cfg.rrf_k, weights=list(cfg.weights))  # type: ignore[union-attr]
+        return convex([(dense.ids, dense.scores), (sparse.ids, sparse.scores)],  # type: ignore[union-attr]
+                      weights=[cfg.alpha, 1.0 - cfg.alpha], norm=cfg.norm)
 
 
-def _rank_map(lst) -> dict[int, tuple[int, float]]:
+def _rank_map(lst: Ranked | None) -> dict[int, tuple[int, float]]:
     if lst is None:
         return {}
-    return {int(i): (r + 1, float(s)) for r, (i, s) in enumerate(zip(lst[0], lst[1]))}
+    return {i: (r + 1, s) for r, (i, s) in enumerate(lst)}
 
 
-def _same_representative(dense_list, sparse_list, document_codes):
+def _same_representative(dense: Ranked | None, sparse: Ranked | None, document_of):
     """After per-document pooling each list holds its own best chunk of a document; fusion keys
     on ids, so give a document the same id in both lists (the dense list's chunk when it has
     one) or a document found by both retrievers would be fused as two different items.
-    ``document_codes``: chunk ids (m,) int64 -> document codes (m,) int64."""
-    if dense_list is None or sparse_list is None or sparse_list[0].size == 0:
-        return dense_list, sparse_list
-    rep = dict(zip(document_codes(dense_list[0]).tolist(), dense_list[0].tolist()))
-    ids = np.asarray([rep.get(c, i) for c, i in zip(document_codes(sparse_list[0]).tolist(), sparse_list[0].tolist())],
+    ``document_of``: chunk ids (m,) int64 -> document codes (m,) int64."""
+    if dense is None or sparse is None or len(sparse) == 0:
+        return dense, sparse
+    rep = dict(zip(document_of(dense.ids).tolist(), dense.ids.tolist()))
+    ids = np.asarray([rep.get(c, i) for c, i in zip(document_of(sparse.ids).tolist(), sparse.ids.tolist())],
                      dtype=np.int64)
-    return dense_list, (ids, sparse_list[1])
+    return dense, Ranked(ids, sparse.scores)
 
 
-def _max_pool(lst, document_codes, depth: int):
+def _max_pool(lst: Ranked | None, document_of, depth: int) -> Ranked | None:
     """Keep each document's best-scoring chunk (lists are sorted best first), at most ``depth``
-    documents. ``document_codes``: chunk ids (m,) int64 -> document codes (m,) int64 (-1: not
-    in the docstore, dropped)."""
+    documents. ``document_of``: chunk ids (m,) int64 -> document codes (m,) int64 (-1: not in
+    the index, dropped)."""
     if lst is None:
         return None
-    ids, scores = lst
-    codes = document_codes(ids)
+    codes = document_of(lst.ids)
     _, first = np.unique(codes, return_index=True)  # first occurrence = best chunk of each document
     keep = np.sort(first[codes[first] >= 0])[:depth]
-    return ids[keep].astype(np.int64), scores[keep].astype(np.float32)
+    return Ranked(lst.ids[keep], lst.scores[keep])

@@ -25,12 +25,17 @@ class _DictMixin:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        """Inverse of :meth:`to_dict`: ``X.from_dict(x.to_dict()) == x``. Unknown keys are
+        ignored (a newer writer may add fields); list values of tuple fields become tuples."""
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("heading_path",):
+        for k in _TUPLE_FIELDS:
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
+
+
+_TUPLE_FIELDS = ("heading_path", "citations", "dropped_markers")
 
 
 @dataclass(frozen=True)
@@ -215,3 +220,58 @@ class Answer(_DictMixin):
             "hits": [h.to_dict() for h in self.hits],
             "timings": dict(self.timings),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Answer":
+        """Inverse of :meth:`to_dict` (the ``--json`` / HTTP schema: text under ``"answer"``)."""
+        return cls(question=d["question"], text=d["answer"] if "answer" in d else d.get("text", ""),
+                   citations=tuple(Citation.from_dict(c) for c in d.get("citations") or ()),
+                   hits=tuple(Hit.from_dict(h) for h in d.get("hits") or ()),
+                   abstained=bool(d.get("abstained", False)),
+                   sentences=tuple(AnswerSentence.from_dict(x) for x in d.get("sentences") or ()),
+                   dropped_markers=tuple(d.get("dropped_markers") or ()), query=d.get("query"),
+                   timings=dict(d.get("timings") or {}), kind=d.get("kind", "factoid"), short=d.get("short", ""),
+                   generation=d.get("generation"))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What one search returns, request-scoped: ``hits`` best first, ``timings`` (seconds per
+    stage: ``filter_s``, ``embed_s``, ``dense_s``, ``sparse_s``, ``fusion_s``, ``rerank_s``,
+    ``total_s``; only stages that ran), ``generation`` (the committed index state every hit
+    comes from) and ``query_vector`` ((dim,) float32 L2-normalised query embedding, or None
+    when no dense retrieval ran). ``query`` is the text actually searched."""
+
+    hits: tuple[Hit, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    generation: int | None = None
+    query_vector: Any = None
+    query: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchResult):
+            return NotImplemented
+        a, b = self.query_vector, other.query_vector
+        same_vec = (a is None and b is None) or (a is not None and b is not None and
+                                                 list(map(float, a)) == list(map(float, b)))
+        return (self.hits, self.timings, self.generation, self.query) == (other.hits, other.timings,
+                                                                          other.generation, other.query) and same_vec
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SearchResult(hits={len(self.hits)}, generation={self.generation})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "generation": self.generation, "hits": [h.to_dict() for h in self.hits],
+                "timings": dict(self.timings),
+                "query_vector": None if self.query_vector is None else [float(x) for x in self.query_vector]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchResult":
+        import numpy as np
+
+        qv = d.get("query_vector")
+        return cls(hits=tuple(Hit.from_dict(h) for h in d.get("hits") or ()), timings=dict(d.get("timings") or {}),
+                   generation=d.get("generation"), query=d.get("query", ""),
+                   query_vector=None if qv is None else np.asarray(qv, dtype=np.float32))

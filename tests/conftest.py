@@ -39,7 +39,7 @@ def mini_corpus(tmp_path) -> Path:
 def hash_config():
     from rag.config import RagConfig
 
-    return RagConfig.from_dict({"embedding": {"model": "hash-64"}, "generation": {"backend": "extractive"}})
+    return RagConfig.from_dict({"embedding": {"model": "testing:hash-64"}, "generation": {"backend": "extractive"}})
 
 
 @pytest.fixture

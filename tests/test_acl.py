@@ -40,7 +40,7 @@ def acl_index(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("acl")
     acl = _make_corpus(base / "corpus", seed=7)
-    cfg = RagConfig.from_dict({"embedding": {"model": "hash-64"}, "generation": {"backend": "extractive"},
+    cfg = RagConfig.from_dict({"embedding": {"model": "testing:hash-64"}, "generation": {"backend": "extractive"},
                                "dedup": {"enabled": False}})
     rag = RAG.create(base / "idx", cfg)
     rep = rag.ingest([base / "corpus"], loader_options=LoaderOptions(metadata_fields=("acl",)))

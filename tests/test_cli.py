@@ -44,7 +44,7 @@ def test_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "--filter" in r.stderr and "KEY=VALUE" in r.stderr and "rag search --help" in r.stderr
     # a path that does not exist: one line naming it, exit 1, and no index folder left behind
-    r = rag("ingest", str(tmp_path / "nope.txt"), "--index", str(tmp_path / "j"), "--embedder", "hash-64")
+    r = rag("ingest", str(tmp_path / "nope.txt"), "--index", str(tmp_path / "j"), "--embedder", "testing:hash-64")
     assert r.returncode == 1 and r.stderr.strip() == f"rag: error: {tmp_path / 'nope.txt'}: no such file or directory"
     assert not (tmp_path / "j").exists()
     # feedback / history on a folder without a chat's sessions: one line, nothing created
@@ -58,31 +58,30 @@ def test_ingest_json_and_exit_codes(tmp_path, mini_corpus):
     (mini_corpus / "empty.txt").write_text("")
     (mini_corpus / "blob.bin").write_bytes(bytes(range(256)) * 10)
     idx = tmp_path / "idx"
-    r = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "hash-64", "--json")
+    r = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "testing:hash-64", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["files_ingested"] == 5 and rep["total_chunks"] > 5
     reasons = {Path(s["source"]).name: s["reason"] for s in rep["skipped"]}
     assert set(reasons) == {"empty.txt", "blob.bin"} and all(reasons.values())
     # unchanged re-run: exit 0, nothing embedded
-    r2 = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "hash-64", "--json")
+    r2 = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "testing:hash-64", "--json")
     assert r2.returncode == 0 and json.loads(r2.stdout)["chunks_embedded"] == 0
     # only failures: exit 1 with a summary, not a traceback
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.txt").write_text("")
-    r3 = rag("ingest", str(bad), "--index", str(tmp_path / "idx2"), "--embedder", "hash-64")
+    r3 = rag("ingest", str(bad), "--index", str(tmp_path / "idx2"), "--embedder", "testing:hash-64")
     assert r3.returncode == 1 and "every file failed" in r3.stdout and "a.txt: empty" in r3.stdout
-    # the index of a run that ingested nothing still opens
+    # a first run that ingested nothing leaves no folder behind (no debris), and info says so
+    assert not (tmp_path / "idx2").exists()
     r4 = rag("info", "--index", str(tmp_path / "idx2"), "--json")
-    assert r4.returncode == 0 and json.loads(r4.stdout)["chunks"] == 0
-    r5 = rag("search", "anything", "--index", str(tmp_path / "idx2"), "--json")
-    assert r5.returncode == 0 and json.loads(r5.stdout)["hits"] == []
+    assert r4.returncode == 1 and r4.stderr.startswith("rag: error:") and "no index here" in r4.stderr
 
 
 def test_search_json_has_sources_and_positions(tmp_path, mini_corpus):
     idx = tmp_path / "idx"
-    assert rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "hash-64").returncode == 0
+    assert rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "testing:hash-64").returncode == 0
     r = rag("search", "Enabling HTTP/2", "--index", str(idx), "--mode", "bm25", "--json", "--top-k", "3")
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)["hits"]

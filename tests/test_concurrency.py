@@ -20,7 +20,7 @@ from rag import RAG
 from rag.config import RagConfig
 import os
 idx, stop_file = sys.argv[1], sys.argv[2]
-cfg = RagConfig.from_dict({"embedding": {"model": "hash-64"}})
+cfg = RagConfig.from_dict({"embedding": {"model": "testing:hash-64"}})
 rag = RAG.open(idx, cfg)
 n, gens = 0, set()
 end = time.time() + 240
@@ -31,7 +31,7 @@ while time.time() < end and not os.path.exists(stop_file):
         for h in hits:
             assert h.chunk.text, "empty chunk"
         n += 1
-    gens.add(rag.snapshot.generation)
+    gens.add(rag.search_result("checksum", top_k=1).generation)
 print(json.dumps({"searches": n, "generations": sorted(gens)}))
 """
 
@@ -51,7 +51,7 @@ def test_two_ingests_and_eight_searchers(tmp_path, mini_corpus, hash_config):
                                   stderr=subprocess.PIPE, text=True) for _ in range(8)]
     time.sleep(0.5)
     ingests = [subprocess.Popen([sys.executable, "-m", "rag", "ingest", str(src), "--index", str(idx), "--embedder",
-                                 "hash-64", "--wait", "600", "--no-dedup", "--json"], stdout=subprocess.PIPE,
+                                 "testing:hash-64", "--wait", "600", "--no-dedup", "--json"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT) for src in (a, b)]
     outs = [p.communicate(timeout=300) for p in ingests]
     for p, (out, err) in zip(ingests, outs):
@@ -70,5 +70,6 @@ def test_two_ingests_and_eight_searchers(tmp_path, mini_corpus, hash_config):
     final = RAG(idx).verify()
     assert final["generation"] == 3
     rag = RAG.open(idx, hash_config)
-    sources = {Path(s).name for s in rag.snapshot.docstore.sources()}
+    with rag.lease() as reader:
+        sources = {Path(s).name for s in reader.files()}
     assert len(sources) == 1 + len(list(a.iterdir())) + len(list(b.iterdir()))

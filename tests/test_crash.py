@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_kill_during_ingest_leaves_old_or_new_state():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "crash_test.py"), "--kills", "5", "--embedder", "hash-64",
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "crash_test.py"), "--kills", "5", "--embedder", "testing:hash-64",
                         "--corpus", str(ROOT / "corpora"), "--seed", "1"], capture_output=True, text=True, cwd=ROOT,
                        timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr

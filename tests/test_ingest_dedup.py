@@ -48,7 +48,7 @@ def test_planted_duplicates_are_dropped_and_named(tmp_path):
         (corpus / dname).write_text(dup)
         planted[dname] = name
     r = subprocess.run([sys.executable, "-m", "rag", "ingest", str(corpus), "--index", str(tmp_path / "idx"),
-                        "--embedder", "hash-64", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                        "--embedder", "testing:hash-64", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     doc_dups = {Path(d["key"]).name: d for d in rep["duplicates"] if d["level"] == "document"}
@@ -61,12 +61,12 @@ def test_planted_duplicates_are_dropped_and_named(tmp_path):
     assert rep["total_documents"] == len(originals)
     # the text summary names each pair too
     r2 = subprocess.run([sys.executable, "-m", "rag", "ingest", str(corpus), "--index", str(tmp_path / "idx2"),
-                         "--embedder", "hash-64"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                         "--embedder", "testing:hash-64"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     for dname, orig in planted.items():
         assert any(dname in line and orig in line for line in r2.stdout.splitlines())
     # --no-dedup keeps them all
     r3 = subprocess.run([sys.executable, "-m", "rag", "ingest", str(corpus), "--index", str(tmp_path / "idx3"),
-                         "--embedder", "hash-64", "--no-dedup", "--json"], capture_output=True, text=True, cwd=ROOT,
+                         "--embedder", "testing:hash-64", "--no-dedup", "--json"], capture_output=True, text=True, cwd=ROOT,
                         timeout=300)
     rep3 = json.loads(r3.stdout)
     assert rep3["duplicates"] == [] and rep3["total_documents"] == len(originals) + len(planted)

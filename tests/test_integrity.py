@@ -175,7 +175,7 @@ def test_second_writer_waits_then_names_holder(tmp_path, built, hash_config, min
     with store.lock(0):
         with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}"):
             RAG.create(built, hash_config).ingest([mini_corpus], wait_s=0.2)
-        r = _cli("ingest", str(mini_corpus), "--index", str(built), "--embedder", "hash-64", "--wait", "0.5")
+        r = _cli("ingest", str(mini_corpus), "--index", str(built), "--embedder", "testing:hash-64", "--wait", "0.5")
         assert r.returncode == 1 and f"pid {os.getpid()}" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -1,15 +1,18 @@
 """SQLite docstore: files, documents and chunks of one index generation.
 
-Schema (``format_version`` 1)::
+Schema (``format_version`` 2; version 1 lacks ``documents.text_hash``, ``documents.body``,
+``duplicates.doc_key`` and ``duplicates.kept_chunk``, which are added when a writer copies it)::
 
     files(source TEXT PK, content_hash TEXT, mtime REAL, size_bytes INT, n_documents INT)
-    documents(id TEXT PK, source TEXT, content_hash TEXT, mtime REAL, title TEXT,
-              metadata JSON TEXT, duplicate_of TEXT NULL, n_chunks INT)
+    documents(id TEXT PK (document key), source TEXT, content_hash TEXT, mtime REAL, title TEXT,
+              metadata JSON TEXT, duplicate_of TEXT NULL (alias of this kept key), n_chunks INT,
+              text_hash TEXT, body JSON TEXT NULL (the Document, kept for aliases))
     doc_acl(doc_id TEXT, grp TEXT)                       -- access groups; none = public
     chunks(id INTEGER PK (int64, = FAISS and BM25 id), doc_id TEXT, ordinal INT,
            start INT, end INT, page INT NULL, heading_path JSON TEXT, text TEXT,
            text_hash TEXT, metadata JSON TEXT)
-    duplicates(key TEXT, kept_key TEXT, kind TEXT, similarity REAL, level TEXT)
+    duplicates(key TEXT, kept_key TEXT, kind TEXT, similarity REAL, level TEXT,
+               doc_key TEXT (the document holding the link), kept_chunk INT NULL)
 
 A committed generation is immutable: readers open it with ``mode=ro&immutable=1`` so they never
 take locks and never see a writer's changes. Writers work on a copy in a temporary folder.
@@ -18,7 +21,6 @@ Everything is JSON or scalar columns; nothing is pickled.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import sqlite3
 from pathlib import Path
@@ -27,7 +29,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import IndexFormatError
-from ..types import Chunk
+from ..types import Chunk, Document
+from .backend import Duplicate, DocumentRecord, FileRecord, Filter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files(
@@ -44,8 +47,35 @@ CREATE TABLE IF NOT EXISTS chunks(
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
 CREATE TABLE IF NOT EXISTS duplicates(key TEXT NOT NULL, kept_key TEXT NOT NULL, kind TEXT NOT NULL,
-  similarity REAL, level TEXT NOT NULL);
+  similarity REAL, level TEXT NOT NULL, doc_key TEXT, kept_chunk INTEGER);
 """
+
+V2_COLUMNS = (("documents", "text_hash", "TEXT"), ("documents", "body", "TEXT"),
+              ("duplicates", "doc_key", "TEXT"), ("duplicates", "kept_chunk", "INTEGER"))
+"""Columns format 2 added to format 1 (all nullable): added in place by :func:`_upgrade`."""
+
+INDEXES_V2 = """
+CREATE INDEX IF NOT EXISTS documents_dup ON documents(duplicate_of);
+CREATE INDEX IF NOT EXISTS duplicates_kept ON duplicates(kept_key);
+CREATE INDEX IF NOT EXISTS duplicates_chunk ON duplicates(kept_chunk);
+"""
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a writable format-1 docstore to format 2 (adds nullable columns and indexes;
+    ``text_hash`` is copied out of the metadata JSON where format 1 kept it)."""
+    for table, col, typ in V2_COLUMNS:
+        if col not in _columns(conn, table):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {typ}")
+            if (table, col) == ("documents", "text_hash"):
+                conn.execute("UPDATE documents SET text_hash = json_extract(metadata, '$.text_hash')")
+            if (table, col) == ("duplicates", "doc_key"):
+                conn.execute("UPDATE duplicates SET doc_key = key WHERE level = 'document'")
+    conn.executescript(INDEXES_V2)
 
 _CHUNK_COLS = 'c.id, c.doc_id, c.ordinal, c.start, c."end", c.page, c.heading_path, c.text, c.metadata, d.source, d.title'
 
@@ -72,6 +102,9 @@ class DocStore:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
         self.path = path
+        cols = _columns(conn, "duplicates")
+        self.has_chunk_links = "kept_chunk" in cols
+        self.has_bodies = "body" in _columns(conn, "documents")
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -81,6 +114,7 @@ class DocStore:
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
+        _upgrade(conn)
         return cls(conn, path)
 
     @classmethod
@@ -101,6 +135,7 @@ class DocStore:
         dst.execute("PRAGMA journal_mode=DELETE")
         dst.execute("PRAGMA synchronous=FULL")
         dst.executescript(SCHEMA)
+        _upgrade(dst)
         return DocStore(dst, path)
 
     def close(self) -> None:
@@ -145,18 +180,61 @@ class DocStore:
                 out[ch.id] = ch
         return out
 
-    def file_hashes(self) -> dict[str, str]:
-        """source path -> content sha256 of every file in the store."""
-        return dict(self.conn.execute("SELECT source, content_hash FROM files"))
+    def files(self) -> dict[str, FileRecord]:
+        """Every file row by source key."""
+        return {r[0]: FileRecord(source=r[0], content_hash=r[1], mtime=float(r[2] or 0.0), size_bytes=int(r[3] or 0),
+                                 n_documents=int(r[4] or 0))
+                for r in self.conn.execute("SELECT source, content_hash, mtime, size_bytes, n_documents FROM files")}
 
-    def document_hashes(self) -> dict[str, str]:
-        """Kept (non-duplicate) document id -> normalised text hash stored in metadata."""
-        out = {}
-        for did, meta in self.conn.execute("SELECT id, metadata FROM documents WHERE duplicate_of IS NULL"):
-            h = json.loads(meta).get("text_hash")
-            if h:
-                out[did] = h
+    def documents(self, sources: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> list[DocumentRecord]:
+        """Document rows (kept and aliases) of the given sources or keys (None: all), by key,
+        with their access groups, alias links and stored body."""
+        body = "d.body" if self.has_bodies else "NULL"
+        th = "d.text_hash" if self.has_bodies else "json_extract(d.metadata, '$.text_hash')"
+        q = (f"SELECT d.id, d.source, d.content_hash, {th}, d.title, d.metadata, d.duplicate_of, d.n_chunks, d.mtime, {body} "
+             "FROM documents d")
+        rows: list[Any] = []
+        if sources is None and keys is None:
+            rows = self.conn.execute(q + " ORDER BY d.id").fetchall()
+        else:
+            col, vals = ("d.source", list(sources)) if sources is not None else ("d.id", list(keys or ()))
+            for start in range(0, len(vals), 900):
+                part = vals[start:start + 900]
+                rows += self.conn.execute(q + f" WHERE {col} IN ({','.join('?' * len(part))})", part).fetchall()
+            rows.sort(key=lambda r: r[0])
+        out = []
+        for r in rows:
+            acl = tuple(g for g, in self.conn.execute("SELECT grp FROM doc_acl WHERE doc_id = ? ORDER BY grp", (r[0],)))
+            out.append(DocumentRecord(key=r[0], source=r[1], content_hash=r[2] or "", text_hash=r[3] or "", title=r[4],
+                                      metadata=json.loads(r[5] or "{}"), acl=acl, alias_of=r[6], n_chunks=int(r[7] or 0),
+                                      mtime=float(r[8] or 0.0), duplicates=tuple(self.links_of(r[0])),
+                                      body=Document.from_dict(json.loads(r[9])) if r[9] else None))
         return out
+
+    def links_of(self, doc_key: str) -> list[Duplicate]:
+        """Alias links held by one document (its own document-level link, chunk-level links)."""
+        if self.has_chunk_links:
+            rows = self.conn.execute("SELECT key, kept_key, kind, similarity, level, kept_chunk FROM duplicates "
+                                     "WHERE doc_key = ? ORDER BY key", (doc_key,))
+        else:
+            rows = self.conn.execute("SELECT key, kept_key, kind, similarity, level, NULL FROM duplicates "
+                                     "WHERE key = ? OR key LIKE ? ORDER BY key", (doc_key, doc_key + "#%"))
+        return [Duplicate(key=k, kept_key=kk, kind=kind, similarity=float(sim or 0.0), level=lvl,
+                          kept_chunk=None if kc is None else int(kc)) for k, kk, kind, sim, lvl, kc in rows]
+
+    def linked_to(self, kept_keys: Sequence[str]) -> list[str]:
+        """Keys of documents holding an alias link (document or chunk level) to any of
+        ``kept_keys``: the documents whose own text must come back when those go."""
+        out: set[str] = set()
+        keys = list(kept_keys)
+        for start in range(0, len(keys), 900):
+            part = keys[start:start + 900]
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in self.conn.execute(f"SELECT id FROM documents WHERE duplicate_of IN ({marks})", part))
+            if self.has_chunk_links:
+                out.update(r[0] for r in self.conn.execute(
+                    f"SELECT doc_key FROM duplicates WHERE kept_key IN ({marks}) AND doc_key IS NOT NULL", part))
+        return sorted(out - set(keys))
 
     def chunk_hashes(self) -> dict[str, int]:
         """normalised chunk text hash -> a chunk id holding that text."""
@@ -164,13 +242,6 @@ class DocStore:
 
     def sources(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT source FROM files ORDER BY source")]
-
-    def chunk_ids_for_sources(self, sources: Sequence[str]) -> list[int]:
-        out: list[int] = []
-        for s in sources:
-            out += [int(r[0]) for r in self.conn.execute(
-                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.source = ?", (s,))]
-        return out
 
     def stats(self) -> dict[str, Any]:
         """Counts for ``rag info``: documents, chunks, duplicates, sources by type."""
@@ -187,55 +258,79 @@ class DocStore:
         }
 
     # ---- filters and access control -------------------------------------------------------
-    def allowed_ids(self, filters: Mapping[str, Any] | None = None, principals: Sequence[str] | None = None) -> np.ndarray | None:
-        """Sorted int64 chunk ids that pass ``filters`` and the caller's access groups.
+    def allowed_ids(self, flt: "Filter") -> np.ndarray | None:
+        """Sorted (m,) int64 chunk ids that pass ``flt`` (a :class:`rag.index.backend.Filter`),
+        or None when the filter restricts nothing.
 
-        ``filters``: ``{"source": "docs/*.md"}`` (glob on the source path, fnmatch rules),
-        ``{"page": 3}``, ``{"title": ...}`` or any document metadata key (``{"lang": "en"}``);
-        a value containing ``* ? [`` is a glob, a list means any of. All keys must match (AND).
-        ``principals``: the caller's groups; a document with access groups is visible only to
-        callers sharing one of them; documents without groups are public. ``None`` means no
-        access control (the library caller is trusted); ``[]`` sees public documents only.
-        Returns None when nothing restricts the search.
+        A chunk passes when its chunk-level conditions hold (``page``) and its document, OR an
+        alias of its document (a duplicate kept as a link), OR the document of a chunk-level
+        duplicate of it, passes the document-level conditions (source globs, fields, access
+        groups), each judged on its own source, metadata and groups.
         """
-        if not filters and principals is None:
+        if flt.unrestricted:
             return None
-        where: list[str] = []
-        params: list[Any] = []
-        for key, value in (filters or {}).items():
-            values = value if isinstance(value, (list, tuple, set)) else [value]
-            if key == "source":
-                col = "d.source"
-                values = [_source_pattern(str(v)) for v in values]
-            elif key == "title":
-                col = "d.title"
-            elif key == "page":
-                col = "c.page"
-            elif key == "doc_id":
-                col = "d.id"
-            else:
-                col = "coalesce(json_extract(c.metadata, ?), json_extract(d.metadata, ?))"
-                path = "$." + json.dumps(str(key))
-            ors = []
-            for v in values:
-                colsql = col
-                colparams: list[Any] = [path, path] if col.startswith("coalesce") else []
-                if isinstance(v, str) and any(ch in v for ch in "*?["):
-                    ors.append(f"CAST({colsql} AS TEXT) GLOB ?")
-                    params += colparams + [_glob_to_sqlite(v)]
+        chunk_sql, chunk_params = [], []
+        page = flt.values_for("page")
+        if page is not None:
+            chunk_sql.append("c.page IN (" + ",".join("?" * len(page)) + ")")
+            chunk_params += [int(v) if isinstance(v, bool) else v for v in page]
+
+        def doc_cond(x: str, with_chunk_meta: bool) -> tuple[str, list[Any]]:
+            where: list[str] = []
+            params: list[Any] = []
+            if flt.sources:
+                ors = []
+                for pat in flt.sources:
+                    ors.append(f"{x}.source GLOB ? OR {x}.source GLOB ?")
+                    params += [_glob_to_sqlite(pat), _glob_to_sqlite(pat.rstrip("/")) + "/*"]
+                where.append("(" + " OR ".join(ors) + ")")
+            for key, values in flt.fields:
+                if key == "page":
+                    continue
+                if key == "title":
+                    col, cp = f"{x}.title", []
+                elif key == "doc_id":
+                    col, cp = f"{x}.id", []
                 else:
-                    ors.append(f"{colsql} = ?")
-                    params += colparams + [v if not isinstance(v, bool) else int(v)]
-            where.append("(" + " OR ".join(ors) + ")")
-        if principals is not None:
-            groups = [str(g) for g in principals]
-            cond = "NOT EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = d.id)"
-            if groups:
-                cond += f" OR EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = d.id AND a.grp IN ({','.join('?' * len(groups))}))"
-                params += groups
-            where.append("(" + cond + ")")
+                    path = "$." + json.dumps(str(key))
+                    if with_chunk_meta:
+                        col, cp = f"coalesce(json_extract(c.metadata, ?), json_extract({x}.metadata, ?))", [path, path]
+                    else:
+                        col, cp = f"json_extract({x}.metadata, ?)", [path]
+                ors = []
+                for v in values:
+                    if isinstance(v, str) and any(ch in v for ch in "*?["):
+                        ors.append(f"CAST({col} AS TEXT) GLOB ?")
+                        params += cp + [_glob_to_sqlite(v)]
+                    elif v is None:
+                        ors.append(f"{col} IS NULL")
+                        params += cp
+                    else:
+                        ors.append(f"{col} = ?")
+                        params += cp + [int(v) if isinstance(v, bool) else v]
+                where.append("(" + " OR ".join(ors) + ")")
+            if flt.principals is not None:
+                groups = list(flt.principals)
+                cond = f"NOT EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = {x}.id)"
+                if groups:
+                    cond += (f" OR EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = {x}.id AND a.grp IN "
+                             f"({','.join('?' * len(groups))}))")
+                    params += groups
+                where.append("(" + cond + ")")
+            return (" AND ".join(where) or "1"), params
+
+        own, own_p = doc_cond("d", True)
+        ali, ali_p = doc_cond("al", False)
+        ors = [f"({own})", f"EXISTS (SELECT 1 FROM documents al WHERE al.duplicate_of = d.id AND {ali})"]
+        params = own_p + ali_p
+        if self.has_chunk_links:
+            cl, cl_p = doc_cond("al2", False)
+            ors.append("EXISTS (SELECT 1 FROM duplicates u JOIN documents al2 ON al2.id = u.doc_key "
+                       f"WHERE u.kept_chunk = c.id AND {cl})")
+            params += cl_p
+        where = chunk_sql + ["(" + " OR ".join(ors) + ")"]
         q = "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE " + " AND ".join(where) + " ORDER BY c.id"
-        rows = self.conn.execute(q, params).fetchall()
+        rows = self.conn.execute(q, chunk_params + params).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     # ---- writes (temporary generation only) ------------------------------------------------
@@ -245,33 +340,51 @@ class DocStore:
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
-    def delete_source(self, source: str) -> list[int]:
-        """Remove a file with its documents, ACLs and chunks; returns the removed chunk ids."""
-        ids = self.chunk_ids_for_sources([source])
-        docs = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE source = ?", (source,))]
-        for d in docs:
-            self.conn.execute("DELETE FROM chunks WHERE doc_id = ?", (d,))
-            self.conn.execute("DELETE FROM doc_acl WHERE doc_id = ?", (d,))
-            self.conn.execute("DELETE FROM duplicates WHERE key = ? OR kept_key = ?", (d, d))
-        self.conn.execute("DELETE FROM documents WHERE source = ?", (source,))
-        self.conn.execute("DELETE FROM files WHERE source = ?", (source,))
-        return ids
+    def delete_documents(self, keys: Sequence[str]) -> list[int]:
+        """Remove documents (kept or aliases) with their chunks, groups and alias links (held
+        and pointing at them); returns the removed chunk ids."""
+        removed: list[int] = []
+        for k in keys:
+            removed += [int(r[0]) for r in self.conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (k,))]
+            self.conn.execute("DELETE FROM chunks WHERE doc_id = ?", (k,))
+            self.conn.execute("DELETE FROM doc_acl WHERE doc_id = ?", (k,))
+            if self.has_chunk_links:
+                self.conn.execute("DELETE FROM duplicates WHERE doc_key = ? OR kept_key = ?", (k, k))
+            else:
+                self.conn.execute("DELETE FROM duplicates WHERE key = ? OR kept_key = ?", (k, k))
+            self.conn.execute("DELETE FROM documents WHERE id = ?", (k,))
+        return removed
 
-    def put_file(self, source: str, content_hash: str, mtime: float, size_bytes: int, n_documents: int) -> None:
+    def delete_file(self, source: str) -> list[int]:
+        """Remove a file row with all its documents; returns the removed chunk ids."""
+        keys = [r[0] for r in self.conn.execute("SELECT id FROM documents WHERE source = ?", (source,))]
+        removed = self.delete_documents(keys)
+        self.conn.execute("DELETE FROM files WHERE source = ?", (source,))
+        return removed
+
+    def put_file(self, f: FileRecord) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO files(source, content_hash, mtime, size_bytes, n_documents) VALUES(?,?,?,?,?)",
-            (source, content_hash, mtime, size_bytes, n_documents),
+            (f.source, f.content_hash, f.mtime, f.size_bytes, f.n_documents),
         )
 
-    def put_document(self, doc_id: str, source: str, content_hash: str | None, mtime: float | None, title: str | None,
-                     metadata: Mapping[str, Any], duplicate_of: str | None, n_chunks: int, acl: Sequence[str] = ()) -> None:
+    def put_document(self, doc: DocumentRecord) -> None:
+        """Create or replace one document row with its groups and the alias links it holds."""
+        body = json.dumps(doc.body.to_dict(), ensure_ascii=False) if doc.body is not None else None
+        meta = dict(doc.metadata, text_hash=doc.text_hash)
         self.conn.execute(
-            "INSERT OR REPLACE INTO documents(id, source, content_hash, mtime, title, metadata, duplicate_of, n_chunks) VALUES(?,?,?,?,?,?,?,?)",
-            (doc_id, source, content_hash, mtime, title, json.dumps(metadata, ensure_ascii=False, default=str), duplicate_of, n_chunks),
+            "INSERT OR REPLACE INTO documents(id, source, content_hash, mtime, title, metadata, duplicate_of, n_chunks, "
+            "text_hash, body) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (doc.key, doc.source, doc.content_hash, doc.mtime, doc.title, json.dumps(meta, ensure_ascii=False, default=str),
+             doc.alias_of, doc.n_chunks, doc.text_hash, body),
         )
-        self.conn.execute("DELETE FROM doc_acl WHERE doc_id = ?", (doc_id,))
-        for g in sorted(set(acl)):
-            self.conn.execute("INSERT INTO doc_acl(doc_id, grp) VALUES(?, ?)", (doc_id, str(g)))
+        self.conn.execute("DELETE FROM doc_acl WHERE doc_id = ?", (doc.key,))
+        for g in sorted(set(doc.acl)):
+            self.conn.execute("INSERT INTO doc_acl(doc_id, grp) VALUES(?, ?)", (doc.key, str(g)))
+        self.conn.execute("DELETE FROM duplicates WHERE doc_key = ?", (doc.key,))
+        for d in doc.duplicates:
+            self.conn.execute("INSERT INTO duplicates(key, kept_key, kind, similarity, level, doc_key, kept_chunk) "
+                              "VALUES(?,?,?,?,?,?,?)", (d.key, d.kept_key, d.kind, d.similarity, d.level, doc.key, d.kept_chunk))
 
     def put_chunks(self, chunks: Sequence[Chunk], text_hashes: Sequence[str]) -> None:
         self.conn.executemany(
@@ -283,9 +396,28 @@ class DocStore:
             ],
         )
 
-    def put_duplicate(self, key: str, kept_key: str, kind: str, similarity: float, level: str) -> None:
-        self.conn.execute("INSERT INTO duplicates(key, kept_key, kind, similarity, level) VALUES(?,?,?,?,?)",
-                          (key, kept_key, kind, similarity, level))
+    def rekey_sources(self, key_of) -> int:
+        """Format-1 migration: rename every file whose stored source differs from
+        ``key_of(source)`` (resolved absolute path, NFC) in files, documents and chunks.
+        Returns how many files were renamed."""
+        n = 0
+        for old in self.sources():
+            new = key_of(old)
+            if new == old or self.conn.execute("SELECT 1 FROM files WHERE source = ?", (new,)).fetchone():
+                continue
+            n += 1
+            for (did,) in self.conn.execute("SELECT id FROM documents WHERE source = ?", (old,)).fetchall():
+                nid = new + did[len(old):] if did.startswith(old) else did
+                self.conn.execute("UPDATE chunks SET doc_id = ? WHERE doc_id = ?", (nid, did))
+                self.conn.execute("UPDATE doc_acl SET doc_id = ? WHERE doc_id = ?", (nid, did))
+                self.conn.execute("UPDATE documents SET duplicate_of = ? WHERE duplicate_of = ?", (nid, did))
+                self.conn.execute("UPDATE duplicates SET doc_key = ? WHERE doc_key = ?", (nid, did))
+                self.conn.execute("UPDATE duplicates SET kept_key = ? WHERE kept_key = ?", (nid, did))
+                self.conn.execute("UPDATE duplicates SET key = ? || substr(key, ?) WHERE key = ? OR key LIKE ?",
+                                  (nid, len(did) + 1, did, did + "#%"))
+                self.conn.execute("UPDATE documents SET id = ?, source = ? WHERE id = ?", (nid, new, did))
+            self.conn.execute("UPDATE files SET source = ? WHERE source = ?", (new, old))
+        return n
 
     def duplicates(self) -> list[dict[str, Any]]:
         return [dict(zip(("key", "kept_key", "kind", "similarity", "level"), r))
@@ -303,26 +435,6 @@ def index_text(title: str | None, text: str) -> str:
     return text
 
 
-def _source_pattern(pattern: str) -> str:
-    """Sources are stored as absolute paths; a user's pattern is relative to the working folder
-    (``docs/*.md``), a bare name or glob matches in any folder (``*.md``, ``notes.md``)."""
-    if pattern.startswith("/") or "://" in pattern:
-        return pattern
-    if "/" in pattern:
-        import os
-
-        return os.path.abspath(pattern)
-    return pattern if pattern.startswith("*") else "*/" + pattern
-
-
 def _glob_to_sqlite(pattern: str) -> str:
     """fnmatch-style glob -> SQLite GLOB (same syntax except ``[!...]`` is ``[^...]``)."""
     return pattern.replace("[!", "[^")
-
-
-def source_matches(source: str, pattern: str) -> bool:
-    """True when ``source`` matches ``pattern`` (fnmatch) or lies under it as a folder prefix."""
-    if fnmatch.fnmatchcase(source, pattern):
-        return True
-    p = pattern.rstrip("/")
-    return source == p or source.startswith(p + "/")

@@ -8,17 +8,18 @@ little-endian float32 bytes, never pickled.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..hashing import sha256_hex
+
 
 def embed_key(text: str) -> str:
     """sha256 hex of the exact text given to the embedder."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return sha256_hex(text)
 
 
 class EmbeddingCache:

@@ -7,33 +7,24 @@ only, never executed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import IndexFormatError
+from ..hashing import sha256_file
 
 FORMAT = "rag-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Format 1 (before document identity and aliases) opens read-only as it is and is upgraded by
+its next write."""
 MANIFEST = "manifest.json"
 
 CHEAP_HASH_MAX_BYTES = 64 * 2**20
 """Files up to this size (bytes) get their sha256 checked on every open; larger ones by size
 only, and in full by ``rag verify``."""
-
-
-def sha256_file(path: Path, chunk_bytes: int = 2**20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk_bytes)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
@@ -76,8 +67,10 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexFormatError(str(path), f"not a {FORMAT} manifest")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IndexFormatError(str(path), f"format version {version!r} is not supported (this rag reads version {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise IndexFormatError(str(path), f"format version {version!r} is not supported (this rag reads versions "
+                                          f"{', '.join(map(str, READABLE_VERSIONS))}); rebuild it: move the folder "
+                                          f"away and run `rag ingest PATHS --index {index_dir}`")
     for key in ("generation", "files", "counts", "embedder"):
         if key not in data:
             raise IndexFormatError(str(path), f"manifest lacks {key!r}")

@@ -1,6 +1,7 @@
 """Atomic, crash-safe index folders.
 
-Layout of an index folder (``format_version`` 1)::
+Layout of an index folder (``format_version`` 2; format 1 folders open and are upgraded by
+their next write, see :mod:`rag.index.docstore`)::
 
     manifest.json            current generation, counts, embedder, config, sha256 + size per file
     gen-000007/              one immutable generation
@@ -282,12 +283,14 @@ class Transaction:
 
     def commit(self, new_ids: np.ndarray, new_vectors: np.ndarray, *, dim: int, embedder: dict[str, Any],
                config: dict[str, Any], bm25_config: Any, ann_threshold: int, extra: dict[str, Any] | None = None,
-               rebuild_vectors: np.ndarray | None = None) -> dict[str, Any]:
+               rebuild_vectors: np.ndarray | None = None, keep_generations: Sequence[str] = ()) -> dict[str, Any]:
         """Write vectors, FAISS and BM25 for the docstore's current chunks, then the manifest.
 
         ``new_ids`` (m,) int64 / ``new_vectors`` (m, dim) float32: chunks added in this
         transaction (ids larger than every older id). Rows of the base generation whose ids are
-        gone from the docstore are dropped. Returns the new manifest.
+        gone from the docstore are dropped. ``keep_generations``: folder names kept on disk
+        besides the new and the base generation (those leased in this process). Returns the
+        new manifest.
         """
         from .dense import DenseIndex
         from .sparse import BM25Index
@@ -306,6 +309,10 @@ class Transaction:
                 parts = [np.zeros((0, dim), dtype=np.float32)]
             parts.append(np.asarray(new_vectors, dtype=np.float32).reshape(-1, dim))
             vectors = np.ascontiguousarray(np.concatenate(parts, axis=0))
+            if new_ids.size and not np.array_equal(np.asarray(new_ids, dtype=np.int64), ids[ids.shape[0] - new_ids.size:]):
+                # rows must follow ascending chunk id order: sort the new rows by id
+                order = np.argsort(np.asarray(new_ids, dtype=np.int64), kind="stable")
+                vectors[vectors.shape[0] - new_ids.size:] = np.asarray(new_vectors, dtype=np.float32).reshape(-1, dim)[order]
         if vectors.shape[0] != ids.shape[0]:
             raise IndexFormatError(str(self.tmp_dir / VECTORS), f"{vectors.shape[0]} vectors for {ids.shape[0]} chunks")
         np.save(self.tmp_dir / VECTORS, vectors, allow_pickle=False)
@@ -349,7 +356,7 @@ class Transaction:
         if extra:
             manifest.update(extra)
         write_json_atomic(self.store.dir / MANIFEST, manifest)
-        keep = [gen_name]
+        keep = [gen_name, *keep_generations]
         if self.base is not None:
             keep.append(self.base.manifest["gen_dir"])
         self.store.remove_old_generations(keep)

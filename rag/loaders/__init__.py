@@ -21,7 +21,9 @@ from typing import Any
 
 from ..errors import LoaderError
 from ..types import Document
-from ._common import LoaderOptions, Skipped, decode_bytes, human_size, logger, sanitise_text, sha256_hex
+from ..hashing import sha256_file as file_sha256
+from ..hashing import sha256_hex
+from ._common import LoaderOptions, Skipped, decode_bytes, human_size, logger, sanitise_text
 
 LoaderFunc = Callable[[Path, bytes, LoaderOptions, dict[str, Any]], list[Document]]
 
@@ -104,7 +106,8 @@ def iter_files(paths: Sequence[str | Path], options: LoaderOptions) -> Iterator[
     excluded directories are pruned.
 
     Yields :class:`pathlib.Path` for files with a loader and :class:`Skipped` for missing paths
-    ("no such file or directory") and unsupported types ("unsupported file type .xyz").
+    ("no such file or directory"), unsupported types ("unsupported file type .xyz") and names
+    that are not valid UTF-8 (the index stores text keys; the name is shown with U+FFFD).
     Excluded or hidden files are left out silently. Never raises for bad paths.
     """
     seen_dirs: set[str] = set()
@@ -115,6 +118,10 @@ def iter_files(paths: Sequence[str | Path], options: LoaderOptions) -> Iterator[
         if real in seen_files:
             return None
         seen_files.add(real)
+        try:
+            real.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as lone surrogates
+            return Skipped(printable_path(path), "file name is not valid UTF-8 (rename it)")
         return path if loader_for(path) is not None else Skipped(str(path), _unsupported(path))
 
     for raw in paths:
@@ -160,6 +167,11 @@ def iter_files(paths: Sequence[str | Path], options: LoaderOptions) -> Iterator[
                 item = file_item(path)
                 if item is not None:
                     yield item
+
+
+def printable_path(path: str | Path) -> str:
+    """``path`` as printable text: undecodable bytes of a file name become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
 
 
 def _walk_error(error: OSError) -> None:
@@ -221,17 +233,6 @@ def iter_documents(paths: Sequence[str | Path], options: LoaderOptions | None = 
         except LoaderError as e:
             logger.info("skipped %s: %s", e.source, e.reason)
             yield Skipped(e.source, e.reason)
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 2**20) -> str:
-    """SHA-256 hex of a file's bytes, read in ``chunk_bytes`` blocks (equals ``metadata["content_hash"]``)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
 
 
 def supported_suffixes() -> tuple[str, ...]:

@@ -6,7 +6,6 @@ Only the standard library is imported here; format libraries are imported lazily
 from __future__ import annotations
 
 import codecs
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -134,11 +133,6 @@ def human_size(n_bytes: int) -> str:
             value = n_bytes / scale
             return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
     return f"{n_bytes} bytes"  # pragma: no cover
-
-
-def sha256_hex(data: bytes) -> str:
-    """SHA-256 hex digest of ``data`` (64 lowercase hex characters)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def require_text(text: str, source: str) -> None:

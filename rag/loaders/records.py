@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoaderError
-from ..types import Document
+from ..types import Document, Section
 from ._common import LoaderOptions, decode_bytes, json_safe, logger, sanitise_text
 
 AUTO_ID_FIELDS = ("_id", "id")
@@ -46,15 +46,19 @@ def _as_text(value: Any) -> str:
 
 def records_to_documents(path: Path, records: Iterable[tuple[int, Any]], options: LoaderOptions,
                          meta: dict[str, Any], kind: str) -> list[Document]:
-    """Build one Document per record (``(record_number, mapping)`` pairs, 1-based numbers).
+    """Build one Document per record id (``(record_number, mapping)`` pairs, 1-based numbers).
 
-    Records without text are skipped (logged); a repeated record id keeps the first record.
-    Raises :class:`rag.errors.LoaderError` when no record has text.
+    Records without text are skipped (logged). Records sharing an id are parts of one
+    document (e.g. the sections of one manual): all are kept, joined in file order with a blank
+    line, each part a :class:`Section`; title and metadata come from the first part and
+    ``metadata["parts"]`` counts them. Raises :class:`rag.errors.LoaderError` when no record
+    has text.
     """
     source = str(path)
     is_beir = path.name == "corpus.jsonl"
     docs: list[Document] = []
     seen: set[str] = set()
+    parts: dict[str, list[str]] = {}
     n_records = n_no_text = 0
     for number, record in records:
         n_records += 1
@@ -69,9 +73,10 @@ def records_to_documents(path: Path, records: Iterable[tuple[int, Any]], options
         _, id_value = _pick(record, options.id_field, AUTO_ID_FIELDS)
         record_id = sanitise_text(str(id_value)) if id_value not in (None, "") else str(number)
         if record_id in seen:
-            logger.warning("%s: duplicate record id %r (record %d); skipped", source, record_id, number)
+            parts[record_id].append(text)
             continue
         seen.add(record_id)
+        parts[record_id] = [text]
         _, title_value = _pick(record, options.title_field, AUTO_TITLE_FIELDS)
         title = " ".join(sanitise_text(_as_text(title_value)).split()) or None
         md = {**meta, "type": "beir" if is_beir else kind, "record_id": record_id}
@@ -83,12 +88,25 @@ def records_to_documents(path: Path, records: Iterable[tuple[int, Any]], options
         docs.append(Document(id=f"{source}#{record_id}", text=text, source=source, title=title, metadata=md))
     if n_no_text:
         logger.info("%s: %d of %d records have no text; skipped", source, n_no_text, n_records)
+    docs = [_joined(d, parts[d.metadata["record_id"]]) for d in docs]
     if not docs:
         if n_records == 0:
             raise LoaderError(source, "no records")
         fields = (options.text_field,) if options.text_field else AUTO_TEXT_FIELDS
         raise LoaderError(source, f"no record has text (looked for field {', '.join(fields)})")
     return docs
+
+
+def _joined(doc: Document, texts: list[str]) -> Document:
+    """One document from the parts of a record id (unchanged when there is one part)."""
+    if len(texts) == 1:
+        return doc
+    sections, pos = [], 0
+    for t in texts:
+        sections.append(Section(start=pos, end=pos + len(t)))
+        pos += len(t) + 2
+    return Document(id=doc.id, text="\n\n".join(texts), source=doc.source, title=doc.title,
+                    metadata={**doc.metadata, "parts": len(texts)}, sections=tuple(sections))
 
 
 def load_jsonl(path: Path, data: bytes, options: LoaderOptions, meta: dict[str, Any]) -> list[Document]:

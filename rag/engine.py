@@ -1,0 +1,245 @@
+"""QueryEngine: search, ask and stream over one index, request-scoped and thread-safe.
+
+Every request takes a lease on the committed index state it reads
+(:meth:`rag.index.backend.Index.lease`), so a search and the answer built on it come from one
+generation even while another process commits; nothing a request produces is stored on the
+engine (timings travel in :class:`rag.types.SearchResult` and :class:`rag.types.Answer`).
+Models load once, lazily or all at once in :meth:`QueryEngine.warm_up`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Iterator, Mapping, Sequence
+
+from .config import RagConfig
+from .errors import ConfigError
+from .index.backend import Filter, Index
+from .types import Answer, Hit, SearchResult
+
+log = logging.getLogger("rag")
+
+_PROCESS_SETTINGS_DONE = False
+_PROCESS_SETTINGS_LOCK = threading.Lock()
+
+
+def apply_process_settings() -> None:
+    """Process-wide settings, applied once per process: transformers' progress bars and
+    advisory warnings off (the CLI and server own output), FAISS's OpenMP pool sized to the
+    CPUs this process may use. Idempotent."""
+    global _PROCESS_SETTINGS_DONE
+    with _PROCESS_SETTINGS_LOCK:
+        if _PROCESS_SETTINGS_DONE:
+            return
+        from .embedding import quiet_transformers
+        from .index.dense import _faiss
+
+        quiet_transformers()
+        _faiss()
+        _PROCESS_SETTINGS_DONE = True
+
+
+def _rewrite_query():
+    """``rewrite_query(question, history) -> str`` from wherever it lives (rag.query, formerly
+    rag.answering)."""
+    try:
+        from .query import rewrite_query
+    except ImportError:  # pragma: no cover - older layout
+        from .answering import rewrite_query  # type: ignore[no-redef]
+    return rewrite_query
+
+
+def _check_question(text: Any, what: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{what} must be a non-empty string")
+    return text
+
+
+def make_filter(filters: Mapping[str, Any] | Filter | None, principals: Sequence[str] | None) -> Filter:
+    """A :class:`Filter` from the public ``filters=`` / ``principals=`` arguments (a Filter
+    passes through, with ``principals`` added when given)."""
+    if isinstance(filters, Filter):
+        return filters if principals is None else replace(filters, principals=tuple(principals))
+    if isinstance(principals, str):
+        raise ConfigError("principals must be a list of group names, not one string")
+    return Filter.from_mapping(filters, principals)
+
+
+class QueryEngine:
+    """Search / ask / stream over ``index`` (any :class:`rag.index.backend.Index`).
+
+    ``config``: the RagConfig (retrieval, generation and answer sections are read per request,
+    so assigning a new config takes effect on the next request). ``embedder`` / ``generator``:
+    ready instances (tests, servers sharing models) or None to build them from the config on
+    first use. Safe to share between threads.
+    """
+
+    def __init__(self, index: Index, config: RagConfig, *, embedder=None, generator=None, allow_pickle: bool = False):
+        self.index = index
+        self._config = config
+        self.allow_pickle = allow_pickle
+        self._embedder = embedder
+        self._generator = generator
+        self._answerer = None
+        self._answer_takes_vector = False
+        self._retriever = None
+        self._lock = threading.RLock()
+        self._checked_generations: set[int] = set()
+
+    # ---- settings and stages --------------------------------------------------------------
+    @property
+    def config(self) -> RagConfig:
+        return self._config
+
+    @config.setter
+    def config(self, value: RagConfig) -> None:
+        with self._lock:
+            self._config = value
+            self._retriever = None
+            self._answerer = None
+
+    @property
+    def embedder(self):
+        with self._lock:
+            if self._embedder is None:
+                from .embedding import make_embedder
+
+                self._embedder = make_embedder(self._config.embedding, allow_pickle=self.allow_pickle)
+            return self._embedder
+
+    @property
+    def generator(self):
+        with self._lock:
+            if self._generator is None:
+                from .generation import make_generator
+
+                self._generator = make_generator(self._config.generation)
+            return self._generator
+
+    @property
+    def answerer(self):
+        """The GroundedAnswerer (built once per config); whether it accepts ``query_vector=``
+        is read from its signature here, once, not per call."""
+        with self._lock:
+            if self._answerer is None:
+                from .answering import GroundedAnswerer
+
+                params = inspect.signature(GroundedAnswerer.__init__).parameters
+                kw = {"answer_config": self._config.answer} if "answer_config" in params and hasattr(self._config, "answer") else {}
+                self._answerer = GroundedAnswerer(self.generator, self.embedder, self._config.generation, **kw)
+                self._answer_takes_vector = "query_vector" in inspect.signature(self._answerer.answer).parameters
+            return self._answerer
+
+    @property
+    def retriever(self):
+        with self._lock:
+            if self._retriever is None:
+                from .retrieval import CrossEncoderReranker, HybridRetriever
+
+                r = self._config.retrieval
+                rr = CrossEncoderReranker(r.reranker) if r.reranker else None
+                self._retriever = HybridRetriever(self.embedder, r, reranker=rr)
+            return self._retriever
+
+    def warm_up(self) -> dict[str, float]:
+        """Load every model a server needs now (embedder, ONNX query encoder, generator) and
+        apply the process-wide settings once. Returns seconds per part."""
+        out: dict[str, float] = {}
+        t = time.perf_counter()
+        apply_process_settings()
+        out["settings_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        emb = self.embedder
+        emb.embed_documents(["warm up"])
+        emb.embed_query("warm up")
+        out["embedder_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        gen = self.generator
+        getattr(gen, "model", None)  # transformers generators load their weights on access
+        self.answerer
+        out["generator_s"] = time.perf_counter() - t
+        if self.index.exists():
+            t = time.perf_counter()
+            with self.index.lease() as reader:
+                self._check_embedder(reader)
+            out["index_s"] = time.perf_counter() - t
+        return out
+
+    def _check_embedder(self, reader) -> None:
+        gen = int(reader.generation)
+        if gen in self._checked_generations:
+            return
+        from .index.local import check_embedder
+
+        check_embedder({"embedder": dict(reader.embedder)}, getattr(self.embedder, "model_id", None),
+                       getattr(self.index, "dir", None) or "index")
+        with self._lock:
+            self._checked_generations.add(gen)
+
+    # ---- requests ---------------------------------------------------------------------------
+    def search(self, query: str, top_k: int | None = None, *, mode: str | None = None,
+               filters: Mapping[str, Any] | Filter | None = None, principals: Sequence[str] | None = None,
+               aggregate: str = "chunk", candidate_depth: int | None = None) -> SearchResult:
+        """One search under one lease: hits, timings, generation and the query vector.
+        Raises ConfigError on an empty query, a bad ``top_k`` / mode / filter."""
+        _check_question(query, "query")
+        flt = make_filter(filters, principals)
+        t0 = time.perf_counter()
+        with self.index.lease() as reader:
+            self._check_embedder(reader)
+            res = self.retriever.search(reader, query, top_k=top_k, mode=mode, filter=flt, aggregate=aggregate,
+                                        candidate_depth=candidate_depth)
+        res.timings["total_s"] = time.perf_counter() - t0
+        return res
+
+    def retrieve_for_answer(self, question: str, history=None, top_k: int | None = None,
+                            filters=None, principals=None) -> tuple[str, SearchResult]:
+        """The standalone query (a follow-up rewritten with the history) and its SearchResult."""
+        t0 = time.perf_counter()
+        query = _rewrite_query()(question, list(history or []))
+        res = self.search(query, top_k=top_k, filters=filters, principals=principals)
+        res.timings["retrieval_s"] = time.perf_counter() - t0
+        return query, res
+
+    def _answer_kw(self, res: SearchResult) -> dict[str, Any]:
+        self.answerer
+        return {"query_vector": res.query_vector} if self._answer_takes_vector else {}
+
+    def ask(self, question: str, top_k: int | None = None, *, history: Sequence[Mapping[str, str]] | None = None,
+            filters=None, principals: Sequence[str] | None = None) -> Answer:
+        """Answer ``question`` from the index only, citing chunks as [n]; see :meth:`rag.RAG.ask`."""
+        _check_question(question, "question")
+        t0 = time.perf_counter()
+        query, res = self.retrieve_for_answer(question, history, top_k, filters, principals)
+        ans = self.answerer.answer(query, list(res.hits), history=history, **self._answer_kw(res))
+        timings = {**res.timings, **ans.timings, "total_s": time.perf_counter() - t0}
+        return replace(ans, question=question, query=query, timings=timings, generation=res.generation)
+
+    def stream(self, question: str, top_k: int | None = None, *, history: Sequence[Mapping[str, str]] | None = None,
+               filters=None, principals: Sequence[str] | None = None) -> Iterator[str | Answer]:
+        """Yield answer text pieces, then the final :class:`Answer` (``"".join(pieces) == text``)."""
+        _check_question(question, "question")
+        t0 = time.perf_counter()
+        query, res = self.retrieve_for_answer(question, history, top_k, filters, principals)
+        first = None
+        for piece in self.answerer.stream(query, list(res.hits), history=history, **self._answer_kw(res)):
+            if isinstance(piece, Answer):
+                timings = {**res.timings, **piece.timings, "total_s": time.perf_counter() - t0}
+                if first is not None:
+                    timings["first_token_s"] = first
+                yield replace(piece, question=question, query=query, timings=timings, generation=res.generation)
+            else:
+                if first is None:
+                    first = time.perf_counter() - t0
+                yield piece
+
+    def hits(self, query: str, top_k: int | None = None, **kw: Any) -> list[Hit]:
+        """``search(...).hits`` as a list (the facade's ``RAG.search`` contract)."""
+        return list(self.search(query, top_k, **kw).hits)
+
+    def close(self) -> None:
+        self.index.close()
