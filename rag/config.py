@@ -167,6 +167,37 @@ class RecordsConfig:
 
 
 @dataclass
+class StoreConfig:
+    """Qdrant backend settings (``[store]``; :mod:`rag.index.qdrant`), used when ``--index`` is a
+    ``qdrant+local:``/``qdrant://``/``qdrants://`` location. ``shard_number``,
+    ``replication_factor``, ``write_consistency_factor``: Qdrant's collection parameters, applied
+    when a collection is created. ``timeout_s``: per request. ``api_key_env``: environment
+    variable holding the API key (unset: none). ``lock_ttl_s``: a writer's lock expires this long
+    after its last write (a crashed writer on another machine blocks no longer). ``fusion``:
+    "rag" (our fusion over both candidate lists, the local index's defaults) or "qdrant-rrf"
+    (the engine's own RRF, one query). ``upsert_batch``: points per upsert request."""
+
+    shard_number: int = 1
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
+    timeout_s: float = 30.0
+    api_key_env: str = "QDRANT_API_KEY"
+    lock_ttl_s: float = 300.0
+    fusion: str = "rag"
+    upsert_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if min(self.shard_number, self.replication_factor, self.write_consistency_factor, self.upsert_batch) < 1:
+            raise ConfigError("store.shard_number, replication_factor, write_consistency_factor and upsert_batch must be >= 1")
+        if self.write_consistency_factor > self.replication_factor:
+            raise ConfigError("store.write_consistency_factor must be <= store.replication_factor")
+        if not (self.timeout_s > 0 and self.lock_ttl_s > 0):
+            raise ConfigError("store.timeout_s and store.lock_ttl_s must be > 0")
+        if self.fusion not in ("rag", "qdrant-rrf"):
+            raise ConfigError(f"store.fusion must be 'rag' or 'qdrant-rrf', not {self.fusion!r}")
+
+
+@dataclass
 class RagConfig:
     """All settings of a pipeline. Build with ``RagConfig()``, ``RagConfig.from_dict`` or ``.load``."""
 
@@ -177,6 +208,7 @@ class RagConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
 
     def to_dict(self) -> dict[str, Any]:
