@@ -31,12 +31,19 @@ from rag.eval_qa import load_questions  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "qa-boolq-dev"
 
 
-def dump(index: str, limit: int | None, split: str) -> list[dict]:
+def dump(index: str, limit: int | None, split: str, path: str | None = None) -> list[dict]:
+    """Features of each question; with ``path`` also appended there as JSON lines as they come
+    (a later run resumes after the recorded ones)."""
     rag = RAG.open(index)
+    done = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()] if path and Path(path).exists() else []
+    sink = open(path, "a", encoding="utf-8") if path else None
     ans = rag.answerer
     out = []
     t0 = time.perf_counter()
+    out.extend(done)
     for qi, q in enumerate(load_questions(DATA, limit, split)):
+        if qi < len(done):
+            continue
         question = q["question"]
         hits = rag.search(question)
         ev = ans.evidence(question, hits)
@@ -48,6 +55,9 @@ def dump(index: str, limit: int | None, split: str) -> list[dict]:
             rec.update(m=f.m, m_null=f.m_null, negation=f.negation, missing=f.missing,
                        gold_cited=q["gold_passage_ids"][0] in best.hit.chunk.doc_id)
         out.append(rec)
+        if sink:
+            sink.write(json.dumps(rec) + "\n")
+            sink.flush()
         if qi % 50 == 0:
             print(f"{qi} questions, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return out
@@ -83,14 +93,13 @@ def main() -> int:
     ap.add_argument("--index", required=True, help="index of qa-boolq-dev/passages.jsonl")
     ap.add_argument("--limit", type=int, default=400)
     ap.add_argument("--split", default="dev")
-    ap.add_argument("--dump", default=None, help="reuse / write the recorded features here (JSON)")
+    ap.add_argument("--dump", default=None, help="JSON-lines file of recorded features: resumed, then reused")
+    ap.add_argument("--fit-only", action="store_true", help="fit on what --dump holds, record nothing new")
     args = ap.parse_args()
-    if args.dump and Path(args.dump).exists():
-        recs = json.loads(Path(args.dump).read_text())
+    if args.fit_only:
+        recs = [json.loads(x) for x in Path(args.dump).read_text().splitlines() if x.strip()]
     else:
-        recs = dump(args.index, args.limit, args.split)
-        if args.dump:
-            Path(args.dump).write_text(json.dumps(recs))
+        recs = dump(args.index, args.limit, args.split, args.dump)
     recs = [r for r in recs if "m" in r]
     y = np.array([r["gold"] == "yes" for r in recs], dtype=float)
     X = np.array([[r[f] for f in FEATURES] for r in recs], dtype=float)

@@ -27,20 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rag import RAG  # noqa: E402
-from rag.answering import (  # noqa: E402
-    _SPAN_STOP,
-    _WORD_RE,
+from rag.answering import merge_runner_up, question_type, span_logprobs  # noqa: E402
+from rag.answering.spans import (  # noqa: E402
     NULL_QUESTION,
     SPAN_END_TEXT,
-    SPAN_MERGE_MARGIN,
     SPAN_PROXIMITY_CAP,
-    _stem,
-    _stems,
-    _type_prior,
-    merge_runner_up,
-    question_type,
-    span_logprobs,
+    candidate_spans,
+    span_messages,
 )
+from rag.answering.spans import type_prior as _type_prior  # noqa: E402
+from rag.answering.text import STOP_WORDS as _SPAN_STOP  # noqa: E402
+from rag.answering.text import WORD_RE as _WORD_RE  # noqa: E402
+from rag.answering.text import stem as _stem  # noqa: E402
+from rag.answering.text import stems as _stems  # noqa: E402
+from rag.config import AnswerConfig  # noqa: E402
+
+SPAN_MERGE_MARGIN = AnswerConfig().span_merge_margin
 from rag.eval_qa import f1_score, load_questions, normalize_answer  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "qa-xquad-en"
@@ -65,7 +67,7 @@ def dump(index: str, limit: int, split: str) -> list[dict]:
     t0 = time.perf_counter()
     for qi, q in enumerate(load_questions(DATA, limit, split)):
         question = q["question"]
-        _, hits, _ = rag._retrieve_for_answer(question, None, None, None, None)
+        hits = rag.search(question)
         ev = ans.evidence(question, hits)
         rec = {"q": question, "gold": q["answers"], "qtype": question_type(question), "abstain": ans.should_abstain(ev),
                "cands": []}
@@ -74,15 +76,15 @@ def dump(index: str, limit: int, split: str) -> list[dict]:
             rec["sentence"] = sent.text
             title = sent.hit.chunk.title or sent.hit.chunk.source or ""
             starts: dict[int, list] = {}
-            for c in ans.candidate_spans(question, sent.text):
+            for c in candidate_spans(question, sent.text):
                 starts.setdefault(c[0], []).append(c)
             seqs = [sent.text[s:max(c[1] for c in cs)] for s, cs in starts.items()]
             bonus = [_type_prior(cs[0][2][:1], rec["qtype"]) for cs in starts.values()]
-            rows = gen.token_logprobs(ans._span_messages(question, title, sent.text), seqs, end_text=SPAN_END_TEXT,
+            rows = gen.token_logprobs(span_messages(question, title, sent.text), seqs, end_text=SPAN_END_TEXT,
                                       top_first=16, first_bonus=bonus)
             cond = _score_rows(rows, starts)
             scored = {s: cs for (s, cs), r in zip(starts.items(), rows) if r is not None}
-            null_rows = gen.token_logprobs(ans._span_messages(NULL_QUESTION, title, sent.text),
+            null_rows = gen.token_logprobs(span_messages(NULL_QUESTION, title, sent.text),
                                            [sent.text[s:max(c[1] for c in cs)] for s, cs in scored.items()],
                                            end_text=SPAN_END_TEXT)
             null = _score_rows(null_rows, scored)

@@ -203,16 +203,17 @@ class GroundedAnswerer:
             timings["spans"] = time.perf_counter() - t1
             yield from self._emit(ans, timings, t0)
         else:
-            ans = self._sentences(question, kind, hits, ev)
-            pieces = list(_pieces(ans.text))
-            for p in pieces:
+            a = self.answer_config
+            chosen = select_sentences(ev, a.max_sentences, a.mmr_lambda, a.sentence_max_drop)
+            ans = self._sentences(question, kind, hits, ev, chosen)
+            for p in _pieces(ans.text):
                 timings.setdefault("ttft", time.perf_counter() - t0)
                 yield p
             # the short answer is for callers that want one (and for EM/F1); it is scored after
             # the text is out, so it costs no time to the first piece
             t1 = time.perf_counter()
-            first = next((s for s in ev.sentences if s.text == ans.sentences[0].text), None) if ans.sentences else None
-            span = score_spans(self.generator, question, first, answer_type(question), self.span_settings) if first else None
+            top = max(chosen, key=lambda s: s.support)
+            span = score_spans(self.generator, question, top, answer_type(question), self.span_settings)
             timings["spans"] = time.perf_counter() - t1
             timings["answer"] = time.perf_counter() - t0
             yield _replace(ans, short=span.text if span else "", timings={**timings})
