@@ -49,6 +49,15 @@ class Env:
             close_clients()
 
 
+def assert_same_hits(a, b, what) -> None:
+    """Same scores (float32 precision) and the same chunks; chunks with equal scores may come in
+    either order (the fake embedder makes ties), and ties at the cut may differ in which made it."""
+    assert np.allclose([h.score for h in a], [h.score for h in b], rtol=1e-4, atol=1e-5), what
+    key = lambda hits: sorted((-round(h.score, 4), h.chunk.id, h.chunk.text) for h in hits)  # noqa: E731
+    cut = round(min(h.score for h in a), 4) if a else 0
+    assert [x for x in key(a) if -x[0] > cut] == [x for x in key(b) if -x[0] > cut], what
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path):
     env = Env(request.param, tmp_path)
@@ -155,12 +164,44 @@ def test_both_backends_answer_the_same(mode, mini_corpus, tmp_path):
         for q in ["adler-32 checksum", "HTTP/2 streams", "beautiful is better than ugly", "exception handling",
                   "compression with deflate", "licence"]:
             a, b = (e.search(q, top_k=8, mode=mode) for e in envs)
-            assert np.allclose([h.score for h in a], [h.score for h in b], rtol=1e-4, atol=1e-5), q
-            # equal scores may come in either order (the fake embedder makes ties)
-            key = lambda hits: sorted((-round(h.score, 4), h.chunk.id, h.chunk.text) for h in hits)  # noqa: E731
-            ka, kb = key(a), key(b)
-            cut = round(min(h.score for h in a), 4) if a else 0  # ties at the cut may differ in which made it
-            assert [x for x in ka if -x[0] > cut] == [x for x in kb if -x[0] > cut], q
+            assert_same_hits(a, b, q)
     finally:
         for e in envs:
             e.close()
+
+
+def test_migrate_there_and_back(mini_corpus, tmp_path):
+    """local -> Qdrant -> local with stored vectors: same ids, texts, records and search results."""
+    from rag.index import open_index
+    from rag.migrate import migrate
+
+    copy = tmp_path / "copies"
+    copy.mkdir()
+    shutil.copy(mini_corpus / "pep-0020.rst", copy / "zen-copy.rst")
+    (tmp_path / "src").mkdir()
+    src = Env("local", tmp_path / "src")
+    src.ingest(mini_corpus, copy)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "plan.txt").write_text("The adler-32 checksum plan is secret: team A only.\n")
+    src.ingest(secret, acl=["team-a"])
+    q_loc, back_loc = f"qdrant+local:{tmp_path / 'mq'}", str(tmp_path / "back")
+    there = migrate(str(src.index.dir), q_loc, src.config)
+    assert there["chunks"] > 0 and there["aliases"] == 1 and there["ids_kept"] and there["vectors"] == there["chunks"]
+    back = migrate(q_loc, back_loc, src.config)
+    assert {k: back[k] for k in ("documents", "aliases", "files", "chunks", "ids_kept")} == \
+        {k: there[k] for k in ("documents", "aliases", "files", "chunks", "ids_kept")}
+    emb = HashEmbedder(64)
+    engines = [src.engine] + [QueryEngine(open_index(loc, src.config), src.config, embedder=emb) for loc in (q_loc, back_loc)]
+    for q in ["adler-32 checksum", "beautiful is better than ugly", "HTTP/2 streams", "exceptions"]:
+        for kw in ({"mode": "hybrid"}, {"mode": "bm25", "principals": []}, {"mode": "dense", "filters": {"source": "*.rst"}}):
+            res = [e.search(q, top_k=6, **kw).hits for e in engines]
+            assert_same_hits(res[0], res[1], (q, kw))
+            assert_same_hits(res[0], res[2], (q, kw))
+    with open_index(back_loc, src.config).lease() as r, src.index.lease() as r0:
+        assert [(d.key, d.alias_of, d.acl, d.content_hash) for d in r.documents()] == \
+            [(d.key, d.alias_of, d.acl, d.content_hash) for d in r0.documents()]
+        assert np.array_equal(r.chunk_ids(), r0.chunk_ids()) and np.allclose(r.vectors(), r0.vectors())
+    with pytest.raises(Exception, match="already holds an index"):
+        migrate(str(src.index.dir), back_loc, src.config)
+    src.close()

@@ -322,19 +322,27 @@ class QdrantReader:
                 out[h] = i
         return out
 
-    def iter_points(self, vectors: bool = True):
-        """Every visible chunk point (payload, and the dense vector when ``vectors``), for
-        ``rag migrate`` and ``rag verify``."""
+    def chunk_ids(self) -> np.ndarray:
+        """(n,) int64 ascending: every chunk id of this state."""
+        ids = [int(p.id) for p in self._iter_visible(["g_add"], False)]
+        return np.asarray(sorted(ids), dtype=np.int64)
+
+    def _iter_visible(self, payload: Any, vectors: Any):
         m = _m()
         vm, vn = self._vis()
         f = m.Filter(must=vm, must_not=vn) if vm else None
-        for p in self._scroll(self.index.name, f, True, [DENSE] if vectors else False):
+        for p in self._scroll(self.index.name, f, payload, vectors):
             if int((p.payload or {}).get("g_add", 0)) <= self.G:
                 yield p
 
+    def iter_points(self, vectors: bool = True):
+        """Every visible chunk point (payload, and the dense vector when ``vectors``), for
+        ``rag migrate`` and ``rag verify``."""
+        yield from self._iter_visible(True, [DENSE] if vectors else False)
+
     def vectors(self) -> np.ndarray:
         """(n, dim) float32 stored embeddings, rows in ascending chunk id order."""
-        pts = sorted(self.iter_points(vectors=True), key=lambda p: int(p.id))
+        pts = sorted(self._iter_visible(["g_add"], [DENSE]), key=lambda p: int(p.id))
         if not pts:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray([p.vector[DENSE] for p in pts], dtype=np.float32)
