@@ -275,8 +275,9 @@ class RagConfig:
             raise ConfigError(f"retrieval.mode must be hybrid, dense or bm25, not {r.mode!r}")
         if not 0.0 <= r.alpha <= 1.0:
             raise ConfigError(f"retrieval.alpha must be in [0, 1], not {r.alpha}")
-        if r.rrf_k < 0 or r.candidate_depth < 1 or r.top_k < 1:
-            raise ConfigError("retrieval.rrf_k must be >= 0, candidate_depth and top_k >= 1")
+        for name, value, low in (("rrf_k", r.rrf_k, 0), ("candidate_depth", r.candidate_depth, 1), ("top_k", r.top_k, 1)):
+            if value < low:
+                raise ConfigError(f"retrieval.{name} must be >= {low}, not {value!r}")
         if not 0.0 < self.dedup.near_threshold <= 1.0:
             raise ConfigError("dedup.near_threshold must be in (0, 1]")
         if self.generation.backend not in ("transformers", "extractive", "openai", "echo"):
