@@ -73,19 +73,9 @@ class DenseIndex:
     above it. Vectors are L2-normalised on the way in (queries too), so scores are cosines in
     [-1, 1]. Ids are arbitrary unique int64 chunk ids.
 
-    HNSW parameters M=32, efConstruction=80, efSearch=96 (module constants), measured with
-    faiss 1.15 CPU on the shared 2-core box, recall@10 against exact search:
-
-    - SciFact abstracts embedded by all-MiniLM-L6-v2, 4,883 indexed, 300 held out as queries:
-      M=16/efC=40: efSearch 32 -> .992, 64 -> .998, 96 -> .999 (build 8 s);
-      M=32/efC=80: efSearch 32 -> .996, 64 -> 1.0 (build 14 s).
-    - ``benchmarks/scale.py`` synthetic vectors whose neighbour-cosine distribution matches
-      real MiniLM vectors (top-1 p50 .66 vs .68), 300k vectors, 300 fresh queries:
-      M=16/efC=40: efSearch 96 -> .866, 1024 -> .943 (build 102 s);
-      M=16/efC=100: efSearch 96 -> .954 (220 s); M=32/efC=80: efSearch 96 -> .987 (181 s).
-      At 1M, M=16/efC=40 reached only .611 (efSearch 96) to .683 (1024): the graph, not the
-      search depth, was too weak, hence M=32/efC=80 (results for 1M in
-      ``benchmarks/results/scale.md``). M=32 costs 128 more bytes a vector for the graph.
+    HNSW parameters M=32, efConstruction=80, efSearch=96 (module constants): the smallest graph
+    that kept recall@10 >= .98 against exact search up to 1M MiniLM-like vectors; the
+    measurements are in ``docs/index-tuning.md``.
     The flat/HNSW threshold (``ann_threshold``, default 50,000 from
     ``RetrievalConfig.ann_threshold``) trades exact results for latency: a flat search reads
     every vector (100k x 384 float32 = 147 MiB per query) while HNSW reads a few thousand.
@@ -164,8 +154,8 @@ class DenseIndex:
 
         ``std::vector`` growth during batched adds briefly holds the old and the new buffer
         (peak up to 2x the stored vectors); after ``reserve(n)`` adds up to ``n`` vectors never
-        reallocate, so peak memory is the final size (measured: 400k x 384 flat, peak RSS growth
-        1.55x -> 1.0x of the raw vectors). The memory is touched (resident) immediately.
+        reallocate, so peak memory is the final size (``docs/index-tuning.md``). The memory is
+        touched (resident) immediately.
         """
         faiss = _faiss()
         inner = faiss.downcast_index(self._index.index)
@@ -261,9 +251,9 @@ class DenseIndex:
         """k nearest neighbours by cosine; see :meth:`_search` for shapes and errors.
 
         A single query runs on one OpenMP thread (unless ``OMP_NUM_THREADS`` is set): FAISS
-        parallelises over queries, and an idle thread pool spinning beside torch's made the query
-        embedding 10-50x slower on 2 busy cores (measured: MiniLM query 300-700 ms -> 39 ms,
-        flat 100k search 64 -> 21 ms).
+        parallelises over queries, and an idle pool spinning beside the embedder's slows both
+        (``docs/index-tuning.md``). ``omp_set_num_threads`` sets the calling thread's OpenMP
+        value only, so concurrent requests do not disturb each other.
         """
         q = np.asarray(queries)
         single = q.ndim == 1 or q.shape[0] == 1

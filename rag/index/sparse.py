@@ -222,13 +222,9 @@ class BM25Index:
     Defaults ``k1=0.9, b=0.4`` are Anserini's (from :class:`rag.config.BM25Config`). Holds a
     term-by-chunk CSR matrix (``indptr`` int64 (V+1,), ``indices`` int32 chunk positions,
     ``data`` float32 weights), the vocabulary, and ``ids`` (n,) int64 chunk ids. Queries cost
-    O(sum of the query terms' posting lengths), not O(n). Measured on SciFact (5,183 abstracts,
-    ~200 words each, one core of a loaded 2-core box): build 1.6 s, query p50 0.23-0.30 ms,
-    nDCG@10 0.680 on the test queries (Anserini's BM25 flat: 0.665). Searching from many
-    threads is fine; nothing mutates after build. Dynamic pruning (MaxScore, Turtle & Flood
-    1995) was implemented and measured: in numpy it was slower than one ``bincount`` over the
-    query's postings (1M synthetic chunks, real SciFact queries: p50 31 vs 13 ms, p95 209 vs
-    22 ms), so every query scores all its postings.
+    O(sum of the query terms' posting lengths), not O(n); every query scores all its postings
+    (dynamic pruning was slower in numpy; figures in ``docs/index-tuning.md``). Searching from
+    many threads is fine; nothing mutates after build.
     """
 
     def __init__(self, *, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
