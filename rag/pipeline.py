@@ -8,7 +8,6 @@ done there. Library code never prints or exits; progress goes to an optional cal
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -136,10 +135,9 @@ class RAG:
     def search(self, query: str, top_k: int | None = None, *, mode: str | None = None,
                filters: Mapping[str, Any] | None = None, principals: Sequence[str] | None = None,
                aggregate: str = "chunk") -> list[Hit]:
-        """Ranked hits for ``query`` (best first). ``filters``: ``{"source": "docs/*.md",
-        "lang": "en", ...}`` (see :class:`rag.index.backend.Filter`); ``principals``: the
-        caller's access groups (None: no access control, for trusted local callers).
-        Raises ConfigError on an empty query or a ``top_k`` that is not an int >= 1."""
+        """Ranked hits, best first. ``filters``: ``{"source": "docs/*.md", "lang": "en"}``
+        (:class:`rag.index.backend.Filter`); ``principals``: the caller's access groups (None:
+        no access control, trusted local callers). ConfigError on a bad query or ``top_k``."""
         return list(self.search_result(query, top_k, mode=mode, filters=filters, principals=principals,
                                        aggregate=aggregate).hits)
 
@@ -151,11 +149,9 @@ class RAG:
             filters: Mapping[str, Any] | None = None, principals: Sequence[str] | None = None) -> Answer:
         """Answer ``question`` from the index only, citing chunks as [n].
 
-        ``history``: earlier turns as ``[{"role": "user"|"assistant", "content": ...}]``; a
-        follow-up is rewritten into a standalone query before retrieval. ``Answer.abstained``
-        is True when the index does not hold the answer; ``Answer.generation`` names the
-        committed state every cited chunk comes from.
-        """
+        ``history``: earlier turns ``[{"role": ..., "content": ...}]`` (a follow-up is rewritten
+        into a standalone query). ``Answer.abstained``: the index does not hold the answer;
+        ``Answer.generation``: the committed state every cited chunk comes from."""
         return self.engine.ask(question, top_k, history=history, filters=filters, principals=principals)
 
     def stream(self, question: str, top_k: int | None = None, *, history: Sequence[Mapping[str, str]] | None = None,
