@@ -18,9 +18,6 @@ from .errors import IndexFormatError
 from .ingest import IngestReport, ProgressFn
 from .types import Answer, Hit, SearchResult
 
-log = logging.getLogger("rag")
-log.addHandler(logging.NullHandler())
-
 DEFAULT_INDEX = "indexes/default"
 INDEX_SECTIONS = ("embedding", "chunking", "bm25", "dedup")
 """Config sections that define an index (restored from its manifest on open)."""
