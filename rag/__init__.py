@@ -2,7 +2,8 @@
 cited answers on one CPU.
 
 Public names: ``RAG``, ``RagConfig``, ``Document``, ``Chunk``, ``Hit``, ``Answer``, ``Citation``,
-``Conversation``, ``RagError`` (and the error subclasses). Heavy libraries (torch,
+``SearchResult``, ``Filter``, ``IngestReport``, ``Conversation``, ``RagError`` (and the error
+subclasses). Heavy libraries (torch,
 transformers, sentence-transformers, faiss) load only when a model or index is first used.
 """
 
@@ -20,13 +21,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RAG", "RagConfig", "Document", "Chunk", "Hit", "Answer", "Citation", "Conversation", "IngestReport",
+    "SearchResult", "Filter",
     "RagError", "ConfigError", "LoaderError", "IndexNotFoundError", "IndexFormatError", "IndexLockedError",
     "ModelError", "GenerationError",
 ]
 
 _LAZY = {
     "RAG": ("pipeline", "RAG"),
-    "IngestReport": ("pipeline", "IngestReport"),
+    "IngestReport": ("ingest", "IngestReport"),
+    "SearchResult": ("types", "SearchResult"),
+    "Filter": ("index.backend", "Filter"),
     "RagConfig": ("config", "RagConfig"),
     "Document": ("types", "Document"),
     "Chunk": ("types", "Chunk"),
@@ -39,8 +43,10 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RagConfig
     from .conversation import Conversation
-    from .pipeline import RAG, IngestReport
-    from .types import Answer, Chunk, Citation, Document, Hit
+    from .index.backend import Filter
+    from .ingest import IngestReport
+    from .pipeline import RAG
+    from .types import Answer, Chunk, Citation, Document, Hit, SearchResult
 
 
 def __getattr__(name: str):  # PEP 562: import submodules on first use
