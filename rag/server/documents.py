@@ -7,7 +7,8 @@ same name again replaces the document (the ingest is incremental), and two users
 same name stay apart. Writes run as background jobs (:mod:`.jobs`); readers keep answering from
 the last committed state meanwhile.
 
-Access: a key's uploads get exactly the key's groups (a group column in an uploaded file is
+Access: an admin key lists and may delete every document; other keys list the public documents
+and their groups'. A key's uploads get exactly the key's groups (a group column in an uploaded file is
 ignored); an admin key's uploads get the ``groups`` the request names (public when none). A
 key without groups that is not admin cannot upload (its documents would be public). A non-admin
 key may delete a file only when every group of the file is one of its own.
@@ -82,6 +83,13 @@ def upload_groups(p: Principal, requested: Sequence[str] | None) -> list[str]:
     return sorted(p.groups)
 
 
+def manager_view(p: Principal) -> tuple[str, ...] | None:
+    """The groups whose documents ``p`` may list and delete: every document for an admin key
+    (managing documents is what it is for; its searches and answers still run with its own
+    groups), the key's groups otherwise."""
+    return None if (p.admin or p.local) else p.principals
+
+
 def _user_dir(svc: Service, p: Principal) -> Path:
     return svc.uploads_dir / p.user
 
@@ -135,7 +143,7 @@ def add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/documents")
     async def list_documents(p: Principal = Depends(principal), svc: Service = Depends(ready)) -> JSONResponse:
-        docs = await run_in_threadpool(svc.documents, p.principals)
+        docs = await run_in_threadpool(svc.documents, manager_view(p))
         for d in docs:
             d.pop("_key", None)
         return JSONResponse({"object": "list", "data": docs})
@@ -144,7 +152,7 @@ def add_routes(app: FastAPI) -> None:
     async def delete_document(doc_id: str, request: Request, p: Principal = Depends(principal),
                               svc: Service = Depends(ready)) -> JSONResponse:
         ctx = ctx_of(request)
-        docs = await run_in_threadpool(svc.documents, p.principals)
+        docs = await run_in_threadpool(svc.documents, manager_view(p))
         doc = next((d for d in docs if d["id"] == doc_id), None)
         if doc is None:
             raise ApiError(404, f"no document {doc_id!r}")
