@@ -54,6 +54,7 @@ def dump(index: str, limit: int | None, split: str, path: str | None = None) -> 
             f = verdict_features(ans.generator, question, best.hit.chunk.text, [best.text], 1.0 - lex)
             rec.update(m=f.m, m_null=f.m_null, negation=f.negation, missing=f.missing,
                        gold_cited=q["gold_passage_ids"][0] in best.hit.chunk.doc_id)
+            rec.update(lexical_features(question, ev))
         out.append(rec)
         if sink:
             sink.write(json.dumps(rec) + "\n")
@@ -63,7 +64,24 @@ def dump(index: str, limit: int | None, split: str, path: str | None = None) -> 
     return out
 
 
-FEATURES = ("m", "m_null", "negation", "missing")
+def lexical_features(question: str, ev) -> dict:
+    """Model-free features of the best evidence sentence (for the feature study only)."""
+    best = ev.sentences[0]
+    q = question.lower().split()
+    return {"overlap": best.overlap, "dense": best.dense, "q_is": float(q[0] in ("is", "are", "was", "were")),
+            "q_there": float(q[:2] in (["is", "there"], ["are", "there"]))}
+
+
+def add_lexical(index: str, recs: list[dict]) -> None:
+    """Fill in :func:`lexical_features` for records made before they were recorded (no model)."""
+    rag = RAG.open(index)
+    ans = rag.answerer
+    for r in recs:
+        if "overlap" not in r and "m" in r:
+            r.update(lexical_features(r["q"], ans.evidence(r["q"], rag.search(r["q"]))))
+
+
+FEATURES = ("m", "m_null", "negation", "missing", "overlap", "dense", "q_is", "q_there")
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> np.ndarray:
@@ -101,6 +119,8 @@ def main() -> int:
     else:
         recs = dump(args.index, args.limit, args.split, args.dump)
     recs = [r for r in recs if "m" in r]
+    if any("overlap" not in r for r in recs):
+        add_lexical(args.index, recs)
     y = np.array([r["gold"] == "yes" for r in recs], dtype=float)
     X = np.array([[r[f] for f in FEATURES] for r in recs], dtype=float)
     print(f"{len(recs)} {args.split} questions, gold cited by the best sentence {np.mean([r['gold_cited'] for r in recs]):.3f}")
@@ -108,7 +128,8 @@ def main() -> int:
     print("model m > 0           ", scores((X[:, 0] > 0).astype(float), y))
     print("calibrated m-m0 > 0   ", scores((X[:, 0] - X[:, 1] > 0).astype(float), y))
     half = np.arange(len(y)) % 2 == 0
-    for name, cols in (("m", [0]), ("m, m0", [0, 1]), ("m, m0, neg", [0, 1, 2]), ("m, m0, miss", [0, 1, 3]), ("all", [0, 1, 2, 3])):
+    for name, cols in (("m", [0]), ("m, m0", [0, 1]), ("m, m0, neg", [0, 1, 2]), ("m, m0, miss", [0, 1, 3]),
+                       ("m, m0, neg, miss", [0, 1, 2, 3]), ("lexical only", [2, 3, 4, 5, 6, 7]), ("all", list(range(8)))):
         accs = []
         for tr in (half, ~half):
             w = fit_logistic(X[tr][:, cols], y[tr])

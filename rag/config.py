@@ -152,6 +152,7 @@ class AnswerConfig:
     yes_no_negation: float = 0.0
     yes_no_missing: float = 0.0
     yes_no_undecided_margin: float = 0.0
+    yes_no_overlap: float = 0.0
     max_sentences: int = 3
     mmr_lambda: float = 0.7
     sentence_max_drop: float = 0.25

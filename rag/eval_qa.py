@@ -231,6 +231,8 @@ def evaluate_qa(
             verdicts.append((golds[0].strip().lower(), verdict))
         if per_question:
             rows.append({"question": q["question"], "answer": ans.text, "short": ans.short, "kind": ans.kind,
+                         "ttft": ttft if stream is not None else None, "span_margin": ans.timings.get("span_margin"),
+                         "p_yes": ans.timings.get("p_yes"),
                          "golds": golds, "f1": row_f1, "abstained": ans.abstained,
                          "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ans.hits[:k]],
                          "gold_passage_ids": sorted(gold_ids)})
@@ -285,7 +287,7 @@ def _yes_no_scores(verdicts: list[tuple[str, str]]) -> dict:
 
 def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, config=None, limit: int | None = None,
                 ood_path: str | Path | None = None, ood_limit: int = 100, split: str = "all", k: int = 5,
-                progress: Callable[[str, int, int], None] | None = None) -> dict:
+                progress: Callable[[str, int, int], None] | None = None, per_question: bool = False) -> dict:
     """``rag eval qa``: index ``passages.jsonl`` (reused when ``index_dir`` exists), then run
     :func:`evaluate_qa` through the real pipeline's ``stream`` (so TTFT is measured).
 
@@ -313,7 +315,8 @@ def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, co
         ood_path = guess if guess.exists() else None
     ood = load_ood_questions(Path(ood_path), ood_limit) if ood_path else []
     rag.ask("warm-up question to load the models?")  # model load is not part of per-question latency
-    res = evaluate_qa(d, rag.ask, limit=limit, ood_questions=ood, k=k, stream=rag.stream, split=split, progress=progress)
+    res = evaluate_qa(d, rag.ask, limit=limit, ood_questions=ood, k=k, stream=rag.stream, split=split, progress=progress,
+                      per_question=per_question)
     res["generator"] = f"{cfg.generation.backend}:{cfg.generation.model}" if cfg.generation.backend == "transformers" else cfg.generation.backend
     res["index"] = str(idx)
     return res

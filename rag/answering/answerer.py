@@ -119,7 +119,7 @@ class GroundedAnswerer:
     def verdict_weights(self) -> VerdictWeights:
         a = self.answer_config
         return VerdictWeights(a.yes_no_bias, a.yes_no_model, a.yes_no_prior, a.yes_no_negation, a.yes_no_missing,
-                              a.yes_no_undecided_margin)
+                              a.yes_no_undecided_margin, a.yes_no_overlap)
 
     def route(self, question: str) -> str:
         """The question's route (``factoid`` for all when ``answer.routing`` is off)."""
@@ -249,7 +249,8 @@ class GroundedAnswerer:
         chunk = best.hit.chunk
         lex = ev.chunk_lexical[best.n - 1] if ev.chunk_lexical else ev.best_lexical
         w = self.verdict_weights
-        f = verdict_features(self.generator, question, chunk.text, [best.text], 1.0 - lex, use_prior=w.prior != 0.0)
+        f = verdict_features(self.generator, question, chunk.text, [best.text], 1.0 - lex, use_prior=w.prior != 0.0,
+                             overlap=best.overlap)
         label, p_yes = decide(f, w)
         lead = {"yes": "Yes.", "no": "No."}.get(label or "", UNDECIDED_TEXT)
         ans = self._sentences(question, "yes_no", hits, ev, [best], lead=lead, short=(label or "").capitalize())

@@ -11,6 +11,7 @@ verdict is a logistic model over
 * ``negation``: negation words in the supporting sentences that the question lacks,
 * ``missing``: the IDF-weighted share of the question's words absent from that chunk (a
   question about "pepsi" asked of a passage that never names Pepsi is usually answered No),
+* ``overlap``: the best sentence's IDF-weighted share of the question's words,
 
 fitted on the dev half of BoolQ dev (``benchmarks/qa_yes_no.py``) and reported on the other
 half; the weights are fields of :class:`rag.config.AnswerConfig`. ``|z|`` below
@@ -49,8 +50,8 @@ _NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|nothing|nobody|canno
 
 @dataclass(frozen=True)
 class VerdictWeights:
-    """Logistic weights: ``z = bias + model*m + prior*m_null + negation*neg + missing*miss``;
-    Yes when ``z > 0`` (the ``yes_no_*`` fields of :class:`rag.config.AnswerConfig`)."""
+    """Logistic weights: ``z = bias + model*m + prior*m_null + negation*neg + missing*miss +
+    overlap*ovl``; Yes when ``z > 0`` (the ``yes_no_*`` fields of :class:`rag.config.AnswerConfig`)."""
 
     bias: float = 0.0
     model: float = 1.0
@@ -58,6 +59,7 @@ class VerdictWeights:
     negation: float = 0.0
     missing: float = 0.0
     undecided_margin: float = 0.0
+    overlap: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,11 @@ class VerdictFeatures:
     m_null: float
     negation: int
     missing: float
+    overlap: float = 0.0
 
     def z(self, w: VerdictWeights) -> float:
-        return w.bias + w.model * self.m + w.prior * self.m_null + w.negation * self.negation + w.missing * self.missing
+        return (w.bias + w.model * self.m + w.prior * self.m_null + w.negation * self.negation
+                + w.missing * self.missing + w.overlap * self.overlap)
 
 
 def yes_no_messages(question: str, source: str) -> list[dict[str, str]]:
@@ -95,12 +99,12 @@ def negation_cues(question: str, sentences: list[str]) -> int:
 
 
 def verdict_features(generator, question: str, source: str, sentences: list[str], missing: float,
-                     use_prior: bool = True) -> VerdictFeatures:
+                     use_prior: bool = True, overlap: float = 0.0) -> VerdictFeatures:
     """Score ``question`` against ``source`` (and, with ``use_prior``, against "N/A"). Model
     cost: two short prefills (the shared few-shot prefix is cached)."""
     m = _log_odds(generator, yes_no_messages(question, source))
     m0 = _log_odds(generator, yes_no_messages(question, NULL_SOURCE)) if use_prior else 0.0
-    return VerdictFeatures(m, m0, negation_cues(question, sentences), float(missing))
+    return VerdictFeatures(m, m0, negation_cues(question, sentences), float(missing), float(overlap))
 
 
 def decide(f: VerdictFeatures, w: VerdictWeights) -> tuple[str | None, float]:
