@@ -45,11 +45,14 @@ class RAG:
 
     def __init__(self, index_dir: str | Path = DEFAULT_INDEX, config: RagConfig | None = None, *,
                  embedder=None, generator=None, allow_pickle: bool = False):
-        from .index.local import LocalIndex
+        from .index import open_index
 
         cfg = config or RagConfig()
-        self.index_dir = Path(index_dir)
-        self.store = LocalIndex(self.index_dir, ann_threshold=cfg.retrieval.ann_threshold)
+        # a folder, or a Qdrant location (qdrant+local:PATH, qdrant://HOST/COLLECTION): its side
+        # files (embedding cache, records) then live in the backend's side_dir
+        self.store = open_index(index_dir if isinstance(index_dir, str) else str(index_dir), cfg)
+        self.location = str(index_dir)
+        self.index_dir = Path(getattr(self.store, "side_dir", index_dir))
         self._explicit_config = config is not None
         self.allow_pickle = allow_pickle
         self.engine = QueryEngine(self.store, cfg, embedder=embedder, generator=generator, allow_pickle=allow_pickle)
