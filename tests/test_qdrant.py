@@ -225,7 +225,7 @@ def test_second_writer_is_refused(tmp_path):
 def test_one_line_errors(tmp_path):
     ix = open_qdrant(f"qdrant+local:{tmp_path / 'empty'}")
     assert not ix.exists()
-    with pytest.raises(IndexNotFoundError, match="no collection 'rag'"):
+    with pytest.raises(IndexNotFoundError, match="no Qdrant folder here"):
         with ix.lease():
             pass
     _write(ix, {"/d/a.txt": ["alpha"]}, dim=8)

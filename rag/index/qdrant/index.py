@@ -167,6 +167,20 @@ class QdrantIndex:
         return self.loc.text
 
     @property
+    def side_dir(self):
+        """The folder for files that live beside an index (embedding cache, conversation
+        records): the embedded folder itself, or ``$RAG_CACHE_DIR|~/.cache/rag/qdrant/HOST_PORT_COLLECTION``."""
+        from pathlib import Path
+
+        if self.loc.kind == "local":
+            return Path(self.loc.path)
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.loc.url)
+        root = Path(os.environ.get("RAG_CACHE_DIR") or Path.home() / ".cache" / "rag")
+        return root / "qdrant" / f"{u.hostname}_{u.port}_{self.name}"
+
+    @property
     def cache_path(self):
         """The embedding cache file: inside the folder in embedded mode, else the user cache
         (``$RAG_CACHE_DIR`` or ``~/.cache/rag``; the cache is keyed by model and text, so one
@@ -204,6 +218,10 @@ class QdrantIndex:
     def read_meta(self, required: bool = True) -> dict[str, Any] | None:
         """The metadata point's payload; None (or IndexNotFoundError when ``required``) when the
         collection has none. Raises IndexFormatError for another format or version."""
+        if self.loc.kind == "local" and not os.path.isdir(str(self.loc.path)):  # do not create it by reading
+            if required:
+                raise IndexNotFoundError(f"{self.loc}: no Qdrant folder here (run `rag ingest PATH --index {self.loc}` first)")
+            return None
         if not self.client("collection_exists", self.records):
             if required:
                 raise IndexNotFoundError(f"{self.loc}: no collection {self.name!r} "

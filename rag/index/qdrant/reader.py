@@ -96,7 +96,7 @@ class QdrantReader:
         bm = dict(self.meta.get("bm25") or {})
         n, total = int(bm.get("n_chunks") or 0), float(bm.get("total_terms") or 0.0)
         current = total / n if n else None
-        return {"backend": "qdrant", "location": ix.loc.text, "collection": ix.name, "format_version": self.meta["format_version"],
+        return {"index": ix.loc.text, "backend": "qdrant", "location": ix.loc.text, "collection": ix.name, "format_version": self.meta["format_version"],
                 "generation": self.G, "created": self.meta.get("created"), "updated": self.meta.get("updated"),
                 "embedder": self.meta["embedder"], **self.counts.to_dict(),
                 "documents_by_type": self.meta.get("documents_by_type", {}),
@@ -106,7 +106,21 @@ class QdrantReader:
                 "bm25": {"avgdl_weights": bm.get("avgdl"), "avgdl_now": current,
                          "drift": (current / bm["avgdl"] - 1.0) if current and bm.get("avgdl") else None,
                          "term_hash": bm.get("term_hash")},
-                "pending_cleanup": self.dirty}
+                "pending_cleanup": self.dirty, "dense_index": "qdrant (exact scan in embedded mode, HNSW on a server)",
+                **self._sizes()}
+
+    def _sizes(self) -> dict[str, Any]:
+        """Bytes on disk: the embedded folder's files; a server's are not visible from here."""
+        import os
+
+        loc = self.index.loc
+        sizes: dict[str, int] = {}
+        if loc.kind == "local" and loc.path and os.path.isdir(loc.path):
+            for dirpath, _, names in os.walk(loc.path):
+                for n in names:
+                    top = os.path.relpath(os.path.join(dirpath, n), loc.path).split(os.sep)[0]
+                    sizes[top] = sizes.get(top, 0) + os.path.getsize(os.path.join(dirpath, n))
+        return {"sizes_bytes": sizes, "total_bytes": sum(sizes.values())}
 
     # ---- filters ----------------------------------------------------------------------------
     def _vis(self) -> tuple[list, list]:
