@@ -532,6 +532,27 @@ from .cli_ops import register as _register_ops  # noqa: E402 - needs the helpers
 _register_ops(cli)
 
 
+# ---- migrate (rag/migrate.py) ------------------------------------------------------------------
+@cli.command("migrate")
+@click.option("--from", "src", required=True, help="Index to copy: a folder or a Qdrant location.")
+@click.option("--to", "dst", required=True,
+              help="Empty target: a folder, qdrant+local:PATH, qdrant://HOST[:PORT]/COLLECTION or qdrants://...")
+@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def migrate_cmd(ctx, src, dst, wait_s, as_json):
+    """Move an index between backends with its stored vectors (nothing is re-embedded)."""
+    from .migrate import migrate
+
+    r = migrate(src, dst, _config(ctx)[0], wait_s=wait_s)
+    if as_json:
+        _emit_json(r)
+        return
+    click.echo(f"Migrated {r['from']} -> {r['to']}: {r['documents']} documents (+{r['aliases']} aliases), {r['files']} files, "
+               f"{r['chunks']} chunks with their {r['dim']}-dim vectors (chunk ids {'kept' if r['ids_kept'] else 'renumbered'}); "
+               f"generation {r['generation']}; {r['seconds']:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the click group, turning RagError into one-line errors."""
     from .errors import RagError
