@@ -526,6 +526,20 @@ def eval_qa_cmd(ctx, dataset_dir, index, limit, ood, ood_limit, split, generator
                 click.echo(f"{k:>28}: {v:.4f}" if isinstance(v, float) else f"{k:>28}: {v}")
 
 
+# ---- integrations ---------------------------------------------------------------------------
+@cli.command("mcp")
+@index_option
+@as_option
+@_with_generation
+@click.pass_context
+def mcp_cmd(ctx, index, groups, generator, model, base_url, max_new_tokens, temperature, seed):
+    """Serve search and ask to MCP clients over stdio (needs rag[mcp]); --as fixes the access groups."""
+    from .integrations.mcp import serve  # MissingExtraError (one line) without the mcp extra
+
+    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+    serve(rag, principals=_principals(groups))
+
+
 # ---- operating: chat, feedback, history, stats (rag/cli_ops.py) ------------------------------
 from .cli_ops import register as _register_ops  # noqa: E402 - needs the helpers above
 

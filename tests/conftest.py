@@ -47,3 +47,16 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def corpora_index(tmp_path_factory) -> Path:
+    """Folder of an index of the demo corpus (corpora/) built once per test session with the
+    REAL packaged embedder (all-MiniLM-L6-v2; about 40 s). Read-only: open it with RAG.open.
+    Only tests marked slow should use it."""
+    from rag import RAG
+
+    path = tmp_path_factory.mktemp("corpora-index") / "idx"
+    report = RAG.create(path).ingest([ROOT / "corpora"])
+    assert report.files_ingested >= 10 and not report.skipped, report.skipped
+    return path
