@@ -545,6 +545,11 @@ from .cli_ops import register as _register_ops  # noqa: E402 - needs the helpers
 
 _register_ops(cli)
 
+# ---- serve (rag/server/; FastAPI and uvicorn load only when it runs) --------------------------
+from .server.cli import serve as _serve  # noqa: E402
+
+cli.add_command(_serve)
+
 
 # ---- migrate (rag/migrate.py) ------------------------------------------------------------------
 @cli.command("migrate")
