@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -128,16 +128,23 @@ class HybridRetriever:
             return reader.sparse_search(query, chunk_depth, filter), time.perf_counter() - t
 
         # hybrid: BM25 runs on a worker thread while the query is embedded and FAISS searches
-        # (both release the GIL), hiding its cost; numbers are the same as sequential
-        pending = _pool().submit(bm25) if mode == "hybrid" and PARALLEL_HYBRID else None
+        # (both release the GIL), hiding its cost; numbers are the same as sequential. A reader
+        # that fetches both lists in one request (a remote engine: SearchesBoth) gets one call.
+        both = mode == "hybrid" and isinstance(reader, SearchesBoth)
+        pending = _pool().submit(bm25) if mode == "hybrid" and PARALLEL_HYBRID and not both else None
         if mode in ("dense", "hybrid"):
             t = time.perf_counter()
             qv = np.asarray(self.embedder.embed_query(query), dtype=np.float32).reshape(-1)
             timings["embed_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            dense = reader.dense_search(qv, chunk_depth, filter)
+            if both and reader.engine_fusion:  # the engine's own fusion: one fused list
+                dense, sparse = reader.fused_search(qv, query, chunk_depth, filter, depth=chunk_depth), None
+            elif both:
+                dense, sparse = reader.search_both(qv, query, chunk_depth, filter)
+            else:
+                dense = reader.dense_search(qv, chunk_depth, filter)
             timings["dense_s"] = time.perf_counter() - t
-        if mode in ("bm25", "hybrid"):
+        if mode in ("bm25", "hybrid") and not both:
             sparse, timings["sparse_s"] = pending.result() if pending is not None else bm25()
         t = time.perf_counter()
         if aggregate == "document":
@@ -149,9 +156,10 @@ class HybridRetriever:
         else:
             dense = dense.top(depth) if dense is not None else None
             sparse = sparse.top(depth) if sparse is not None else None
-        fused = self._fuse(mode, dense, sparse)
+        engine_fused = both and reader.engine_fusion
+        fused = self._fuse("dense" if engine_fused else mode, dense, sparse)
         timings["fusion_s"] = time.perf_counter() - t
-        d_rank = _rank_map(dense)
+        d_rank = _rank_map(None if engine_fused else dense)
         s_rank = _rank_map(sparse)
         n_out = top_k if self.reranker is None else max(top_k, cfg.rerank_depth)
         fused = fused[:n_out]
@@ -189,6 +197,19 @@ class HybridRetriever:
             return rrf([dense.ids.tolist(), sparse.ids.tolist()], k=cfg.rrf_k, weights=list(cfg.weights))  # type: ignore[union-attr]
         return convex([(dense.ids, dense.scores), (sparse.ids, sparse.scores)],  # type: ignore[union-attr]
                       weights=[cfg.alpha, 1.0 - cfg.alpha], norm=cfg.norm)
+
+
+@runtime_checkable
+class SearchesBoth(Protocol):
+    """An index reader that fetches the dense and the BM25 candidate lists in one request
+    (:class:`rag.index.qdrant.reader.QdrantReader`), or lets the engine fuse them itself when
+    ``engine_fusion`` is true."""
+
+    engine_fusion: bool
+
+    def search_both(self, vectors: np.ndarray, query: str, k: int, filter: Filter) -> tuple[Ranked, Ranked]: ...
+
+    def fused_search(self, vectors: np.ndarray, query: str, k: int, filter: Filter, depth: int = 100) -> Ranked: ...
 
 
 def _rank_map(lst: Ranked | None) -> dict[int, tuple[int, float]]:

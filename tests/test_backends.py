@@ -205,3 +205,20 @@ def test_migrate_there_and_back(mini_corpus, tmp_path):
     with pytest.raises(Exception, match="already holds an index"):
         migrate(str(src.index.dir), back_loc, src.config)
     src.close()
+
+
+def test_engine_rrf_equals_our_rrf(mini_corpus, tmp_path):
+    """[store] fusion = "qdrant-rrf": Qdrant fuses in one query, with the same RRF scores as ours."""
+    from rag.index import open_index
+
+    env = Env("qdrant", tmp_path)
+    env.ingest(mini_corpus)
+    ours_cfg = env.config.updated({"retrieval": {"fusion": "rrf"}})
+    engine_cfg = env.config.updated({"store": {"fusion": "qdrant-rrf"}})
+    ours = QueryEngine(env.index, ours_cfg, embedder=env.embedder)
+    theirs = QueryEngine(open_index(f"qdrant+local:{tmp_path / 'q'}", engine_cfg), engine_cfg, embedder=env.embedder)
+    for q in ["adler-32 checksum", "HTTP/2 streams", "beautiful is better than ugly"]:
+        a, b = ours.search(q, top_k=6).hits, theirs.search(q, top_k=6).hits
+        assert_same_hits(a, b, q)
+        assert all(h.dense_rank is None for h in b)  # per-retriever ranks are not reported by the engine
+    env.close()

@@ -65,6 +65,8 @@ class QdrantReader:
         self._doc_of: dict[int, str] = {}
         self._codes: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.engine_fusion = getattr(index.store, "fusion", "rag") == "qdrant-rrf"
+        """True when ``[store] fusion = "qdrant-rrf"``: hybrid search uses :meth:`fused_search`."""
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -248,7 +250,9 @@ class QdrantReader:
 
     def fused_search(self, vectors: np.ndarray, query: str, k: int, filter: Filter, depth: int = 100) -> Ranked:
         """Qdrant's own reciprocal rank fusion of ``depth`` dense and ``depth`` BM25 candidates
-        (``prefetch`` + ``FusionQuery(RRF)``, one query); scores are Qdrant's RRF scores."""
+        (``prefetch`` + ``RrfQuery``, one query). Qdrant scores ``w / (k' + rank - 1)``; it is sent
+        ``k' = retrieval.rrf_k + 1`` and ``retrieval.weights``, so its scores equal
+        :func:`rag.fusion.rrf`'s ``w / (k + rank)`` (Qdrant's own default is k' = 2)."""
         m = _m()
         if k < 1 or self.counts.chunks == 0:
             return Ranked.empty()
@@ -257,7 +261,10 @@ class QdrantReader:
         s = self._sparse_request(query, depth, filter)
         if s is not None:
             pre.append(m.Prefetch(query=s.query, using=SPARSE, filter=s.filter, limit=depth, params=s.params))
-        res = self.client("query_points", self.index.name, prefetch=pre, query=m.FusionQuery(fusion=m.Fusion.RRF),
+        rc = getattr(self.index.config, "retrieval", None)
+        k_rrf = int(getattr(rc, "rrf_k", 60)) + 1
+        weights = [float(w) for w in getattr(rc, "weights", (1.0, 1.0))][:len(pre)]
+        res = self.client("query_points", self.index.name, prefetch=pre, query=m.RrfQuery(rrf=m.Rrf(k=k_rrf, weights=weights)),
                           query_filter=d.filter, limit=int(k), with_payload=["doc", "g_add"])
         return self._ranked(res.points)
 
