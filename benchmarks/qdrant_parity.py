@@ -104,6 +104,45 @@ def avgdl_sensitivity(local_dir: str, queries, qrels, qids, factors=(0.5, 0.8, 0
         return sp.avgdl, out
 
 
+def shard_idf(local_dir: str, queries, qrels, qids, shard_counts=(1, 2, 4, 8, 16)):
+    """BM25 nDCG@10 when IDF comes from each shard's own statistics (N and df of the shard a
+    chunk lives in, chunks spread over shards by id as Qdrant's automatic sharding does by
+    point id hash) and per-shard top lists are merged by score: what a sharded collection's
+    BM25 does. TF weights stay the same (our avgdl is global)."""
+    from rag.index.local import LocalIndex
+    from rag.index.sparse import BM25Index
+
+    out = {}
+    with LocalIndex(local_dir).lease() as r:
+        sp = r.snapshot.sparse
+        rec = {c.id: str(c.metadata.get("record_id", c.doc_id)) for c in r.chunks(r.chunk_ids().tolist())}
+        df = np.diff(sp.indptr)
+        row = np.repeat(np.arange(df.size), df)
+        idf_global = np.log1p((sp.n_docs - df + 0.5) / (df + 0.5))[row]
+        sat = sp.data / idf_global
+        rng = np.random.default_rng(0)
+        for n_shards in shard_counts:
+            shard_of_doc = rng.integers(0, n_shards, sp.n_docs)  # a hash of the point id: uniform
+            shard = shard_of_doc[sp.indices]
+            n_s = np.bincount(shard_of_doc, minlength=n_shards).astype(np.float64)
+            df_ts = np.bincount(row * n_shards + shard, minlength=df.size * n_shards).reshape(df.size, n_shards)
+            d = df_ts[row, shard].astype(np.float64)
+            idf = np.log1p((n_s[shard] - d + 0.5) / (d + 0.5))
+            idx = BM25Index(indptr=sp.indptr, indices=sp.indices, data=(idf * sat).astype(np.float32), ids=sp.ids,
+                            doc_lengths=sp.doc_lengths, vocab=sp.vocab, tokenizer=sp.tokenizer, k1=sp.k1, b=sp.b,
+                            idf=sp.idf, avgdl=sp.avgdl)
+            run = {}
+            for qid in qids:
+                _, ids = idx.search(queries[qid], 300)
+                ranking: dict[str, float] = {}
+                for cid in ids.tolist():
+                    if rec[cid] not in ranking:
+                        ranking[rec[cid]] = float(300 - len(ranking))
+                run[qid] = dict(list(ranking.items())[:100]) or {"__none__": 0.0}
+            out[n_shards] = metrics(run, qrels, qids)["nDCG@10"]
+    return out
+
+
 def collisions(local_dir: str) -> tuple[int, int]:
     from rag.index.local import LocalIndex
     from rag.index.qdrant.terms import term_id
@@ -133,6 +172,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--compare", type=int, default=50, help="queries compared after migrating back")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only-bm25-studies", action="store_true", help="only the avgdl, shard-IDF and collision studies")
     args = ap.parse_args()
     lines: list[str] = []
 
@@ -142,6 +182,11 @@ def main() -> int:
 
     _, queries, qrels = load_beir(args.dataset, "test")
     qids = sorted(queries)[: args.limit] if args.limit else sorted(queries)
+    if args.only_bm25_studies:
+        for title, fn in (("avgdl", avgdl_sensitivity), ("shards", shard_idf)):
+            say(f"{title}: {fn(args.local, queries, qrels, qids)}")
+        say(f"term ids (stems, colliding pairs): {collisions(args.local)}")
+        return 0
     if not open_index(args.qdrant).exists():
         rep = migrate(args.local, args.qdrant)
         say(f"migrated {args.local} -> {args.qdrant}: {rep['chunks']} chunks, {rep['documents']} documents, "
@@ -182,6 +227,12 @@ def main() -> int:
     say("| avgdl factor | " + " | ".join(f"{f:g}" for f in sens) + " |")
     say("|---|" + "---|" * len(sens))
     say("| nDCG@10 | " + " | ".join(f"{v:.4f}" for v in sens.values()) + " |")
+    shards = shard_idf(args.local, queries, qrels, qids)
+    say("\nBM25 nDCG@10 with IDF from each shard's own statistics (chunks spread uniformly over shards, "
+        "per-shard top lists merged by score):\n")
+    say("| shards | " + " | ".join(str(k) for k in shards) + " |")
+    say("|---|" + "---|" * len(shards))
+    say("| nDCG@10 | " + " | ".join(f"{v:.4f}" for v in shards.values()) + " |")
     v, pairs = collisions(args.local)
     say(f"\nterm ids: {v} distinct stems, {pairs} colliding pair(s) under blake2b-32")
     if args.out:

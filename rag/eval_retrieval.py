@@ -97,6 +97,7 @@ def evaluate_retrieval(dataset_dir: str | Path, index_dir: str | Path | None = N
     """
     import pytrec_eval
 
+    from .index import is_remote_location
     from .pipeline import RAG
 
     cfg = config or RagConfig()
@@ -105,13 +106,14 @@ def evaluate_retrieval(dataset_dir: str | Path, index_dir: str | Path | None = N
     if limit:
         qids = qids[:limit]
     if rag is None:
-        idx = Path(index_dir) if index_dir else default_eval_index(Path(dataset_dir), cfg)
+        idx = (str(index_dir) if is_remote_location(str(index_dir)) else Path(index_dir)) if index_dir \
+            else default_eval_index(Path(dataset_dir), cfg)  # a Qdrant location stays a string (qdrant://h/c)
         rag = RAG.create(idx, cfg)
         if index_dir is None or not rag.store.exists():
             rag.ingest([corpus], progress=progress)
         rag = RAG.open(idx)
         rag.config = rag.config.updated({"retrieval": {k: v for k, v in cfg.to_dict()["retrieval"].items()}})
-    out: dict[str, Any] = {"dataset": str(dataset_dir), "split": split, "queries": len(qids), "index": str(rag.index_dir),
+    out: dict[str, Any] = {"dataset": str(dataset_dir), "split": split, "queries": len(qids), "index": str(getattr(rag, "location", rag.index_dir)),
                            "fusion": {"method": rag.config.retrieval.fusion, "alpha": rag.config.retrieval.alpha,
                                       "norm": rag.config.retrieval.norm, "rrf_k": rag.config.retrieval.rrf_k,
                                       "candidate_depth": rag.config.retrieval.candidate_depth}, "modes": {}}

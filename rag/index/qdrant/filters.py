@@ -23,7 +23,6 @@ other than ``*`` (any non-null value) is refused the same way.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 from ...errors import ConfigError
@@ -181,9 +180,3 @@ def check_compilable(flt: Filter) -> None:
     compile_view(flt)
     compile_chunk_only(flt)
 
-
-def relative_hint(source: str) -> str:  # pragma: no cover - used in messages only
-    try:
-        return os.path.relpath(source)
-    except ValueError:
-        return source
