@@ -25,12 +25,15 @@ DEFAULT_GENERATOR = "smollm2"
 class EmbeddingConfig:
     """Embedder settings. ``model``: alias, local sentence-transformers folder or cached HF name.
     ``query_backend``: "auto" embeds single queries with an ONNX Runtime export of the model when
-    possible (:mod:`rag.onnx_query`), "torch" always uses PyTorch."""
+    possible (:mod:`rag.onnx_embedding`), "torch" always uses PyTorch. ``document_backend``:
+    what documents are embedded with, "auto" (:data:`rag.embedding.DEFAULT_DOCUMENT_BACKEND`),
+    "onnx-fp32", "onnx-int8" or "torch"."""
 
     model: str = DEFAULT_EMBEDDER
     batch_size: int = 64
     device: str = "cpu"
     query_backend: str = "auto"
+    document_backend: str = "auto"
 
 
 @dataclass
@@ -267,6 +270,9 @@ class RagConfig:
             raise ConfigError("chunking.chunk_overlap_tokens must be >= 0 and < chunk_size_tokens")
         if self.embedding.query_backend not in ("auto", "torch"):
             raise ConfigError(f"embedding.query_backend must be 'auto' or 'torch', not {self.embedding.query_backend!r}")
+        if self.embedding.document_backend not in ("auto", "onnx-fp32", "onnx-int8", "torch"):
+            raise ConfigError("embedding.document_backend must be auto, onnx-fp32, onnx-int8 or torch, "
+                              f"not {self.embedding.document_backend!r}")
         r = self.retrieval
         if r.fusion not in ("rrf", "convex"):
             raise ConfigError(f"retrieval.fusion must be 'rrf' or 'convex', not {r.fusion!r}")

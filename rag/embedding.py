@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -58,6 +59,10 @@ def quiet_transformers() -> None:
     """Keep transformers' weight-loading progress bars and advisory warnings off the terminal
     (the CLI owns output); ``rag -v`` still shows ``rag`` logging."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" not in sys.modules:  # read when it is imported; importing it here costs 1-2 s
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        return
     try:
         from transformers.utils import logging as hf_logging
 
@@ -80,12 +85,25 @@ def _folder_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+DEFAULT_DOCUMENT_BACKEND = "onnx-int8"
+"""What ``document_backend = "auto"`` embeds documents with when ONNX Runtime can run the model
+(chosen by measurement: ``benchmarks/ingest_throughput.py`` for speed and vector agreement, the
+SciFact nDCG@10 in README for retrieval quality)."""
+DOCUMENT_BACKENDS = ("auto", "onnx-fp32", "onnx-int8", "torch")
+
+
 class SentenceTransformerEmbedder:
     """Any sentence-transformers model folder or cached Hugging Face name.
 
-    The model loads on first use (seconds). Only safetensors weights are accepted unless
-    ``allow_pickle`` is set, because a pickled ``pytorch_model.bin`` can run code when loaded.
-    Raises ModelError when the model cannot be found or loaded.
+    Queries and short texts (:meth:`embed_query`, :meth:`embed_queries`) run on the ONNX Runtime
+    fp32 copy of the model when one can be made (:mod:`rag.onnx_embedding`; same vectors as
+    PyTorch, no PyTorch loaded); documents (:meth:`embed_documents`) on
+    ``config.document_backend``: "auto" (:data:`DEFAULT_DOCUMENT_BACKEND`), "onnx-fp32",
+    "onnx-int8" or "torch". Without onnxruntime, or for a model that is not plain Transformer ->
+    mean pooling, everything runs on PyTorch. The PyTorch model loads on first use (seconds),
+    and is needed once per model and machine to export the ONNX graph. Only safetensors weights
+    are accepted unless ``allow_pickle`` is set, because a pickled ``pytorch_model.bin`` can run
+    code when loaded. Raises ModelError when the model cannot be found or loaded. Thread-safe.
     """
 
     def __init__(self, config: EmbeddingConfig | None = None, allow_pickle: bool = False):
@@ -94,7 +112,7 @@ class SentenceTransformerEmbedder:
         self.allow_pickle = allow_pickle
         self._model = None
         self._lock = threading.Lock()
-        self._onnx = None  # None: not tried yet; False: unavailable; else OnnxQueryEncoder
+        self._onnx: dict[str, object] = {}  # precision -> OnnxEncoder, or False: unavailable
         self._onnx_lock = threading.Lock()
         name = "all-MiniLM-L6-v2" if self.config.model == DEFAULT_EMBEDDER else self.config.model
         fp = _folder_fingerprint(self.path)
@@ -151,87 +169,124 @@ class SentenceTransformerEmbedder:
                     raise ModelError(f"cannot load tokenizer of embedder {self.config.model!r}: {str(e).splitlines()[0]}") from None
         return self._tokenizer
 
+    # -- ONNX Runtime copies -----------------------------------------------------------------
+    @property
+    def document_backend(self) -> str:
+        """What :meth:`embed_documents` runs on now: "onnx-fp32", "onnx-int8" or "torch"
+        (may build the ONNX graph on first access)."""
+        want = getattr(self.config, "document_backend", "auto")
+        if want == "auto":
+            want = DEFAULT_DOCUMENT_BACKEND
+        if want == "torch":
+            return "torch"
+        precision = want.split("-", 1)[1]
+        if self.onnx_encoder(precision) is not None:
+            return want
+        return "onnx-fp32" if precision == "int8" and self.onnx_encoder("fp32") is not None else "torch"
+
     def query_encoder(self):
-        """The :class:`rag.onnx_query.OnnxQueryEncoder` for single queries, or None.
+        """The fp32 :class:`rag.onnx_embedding.OnnxEncoder` used for queries, or None."""
+        return self.onnx_encoder("fp32")
 
-        Used when ``config.query_backend == "auto"``, onnxruntime is installed and the model is a
-        local Transformer + mean-pooling folder. The graph comes from the cache
-        (:func:`rag.onnx_query.cache_dir`) or is exported from the loaded PyTorch model once
-        (about 2 s) and checked against it; any failure leaves the PyTorch path in place."""
-        if self._onnx is None:
+    def onnx_encoder(self, precision: str = "fp32"):
+        """The :class:`rag.onnx_embedding.OnnxEncoder` of ``precision`` ("fp32" or "int8"), or
+        None when ONNX Runtime cannot run this model (``config.query_backend == "torch"``, no
+        onnxruntime, not a local Transformer + mean-pooling folder, or the export failed its
+        check). The graph comes from the cache (:func:`rag.model_cache.cache_dir`) or is made
+        once: fp32 exported from the loaded PyTorch model (about 2 s plus the PyTorch load) and
+        checked against it, int8 quantised from fp32 and checked against it."""
+        got = self._onnx.get(precision)
+        if got is None:
             with self._onnx_lock:
-                if self._onnx is None:
-                    self._onnx = self._load_query_encoder() or False
-        return self._onnx or None
+                got = self._onnx.get(precision)
+                if got is None:
+                    got = self._load_onnx(precision) or False
+                    self._onnx[precision] = got
+        return got or None
 
-    def _load_query_encoder(self):
+    def _load_onnx(self, precision: str):
         if getattr(self.config, "query_backend", "auto") != "auto" or not Path(self.path).is_dir():
             return None
-        from . import onnx_query
+        from . import onnx_embedding as ox
 
-        if not onnx_query.onnxruntime_available():
+        if not ox.onnxruntime_available():
             return None
-        plain = onnx_query.plain_mean_pooling_model(self.path)
+        plain = ox.plain_mean_pooling_model(self.path)
         if plain is None:
             return None
         max_len, normalize = plain
         try:
-            target = onnx_query.cache_dir() / "onnx" / f"{onnx_query.weights_key(self.path, self.model_id)}.onnx"
+            key = ox.weights_key(self.path, self.model_id)
+            target = ox.cache_dir() / "onnx" / (f"{key}.onnx" if precision == "fp32" else f"{key}.{precision}.onnx")
         except OSError:
             return None
         if target.is_file():
             try:
-                return onnx_query.OnnxQueryEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize)
-            except Exception as e:  # noqa: BLE001 - a damaged cache file: export again
-                log.warning("cached query encoder %s is unreadable (%s); exporting it again", target, type(e).__name__)
+                return ox.OnnxEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize)
+            except Exception as e:  # noqa: BLE001 - a damaged cache file: make it again
+                log.warning("cached ONNX embedder %s is unreadable (%s); making it again", target, type(e).__name__)
+        if precision == "int8":
+            fp32 = self._onnx.get("fp32") or self._load_onnx("fp32")
+            self._onnx.setdefault("fp32", fp32 or False)
+            return ox.quantize_int8(fp32, target) if fp32 else None
         try:
-            return onnx_query.export(self.model, self.path, target, max_len, normalize)
+            return ox.export(self.model, self.path, target, max_len, normalize)
         except ModelError:
             raise
         except Exception as e:  # noqa: BLE001
-            log.warning("no ONNX query encoder (%s)", type(e).__name__)
+            log.warning("no ONNX embedder (%s)", type(e).__name__)
+            return None
+
+    # -- embedding ---------------------------------------------------------------------------
+    def _torch_encode(self, texts: Sequence[str]) -> np.ndarray:
+        vecs = self.model.encode(list(texts), batch_size=self.config.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _onnx_encode(self, precision: str, texts: Sequence[str]) -> np.ndarray | None:
+        enc = self.onnx_encoder(precision)
+        if enc is None:
+            return None
+        try:
+            return enc.encode_batch(texts, batch_size=self.config.batch_size)
+        except Exception as e:  # noqa: BLE001 - fall back to PyTorch for good
+            log.warning("ONNX %s embedder failed (%s); using PyTorch", precision, type(e).__name__)
+            self._onnx[precision] = False
             return None
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised; batches of ``config.batch_size``."""
+        """(n, dim) float32, L2-normalised, row i for ``texts[i]``; on :attr:`document_backend`,
+        batches of ``config.batch_size`` texts of similar length (ONNX) or PyTorch's batching."""
         if len(texts) == 0:
             return np.zeros((0, self.dim or self.model.get_sentence_embedding_dimension()), dtype=np.float32)
-        vecs = self.model.encode(
-            list(texts),
-            batch_size=self.config.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        backend = self.document_backend
+        if backend != "torch":
+            got = self._onnx_encode(backend.split("-", 1)[1], texts)
+            if got is not None:
+                return got
+        return self._torch_encode(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised: queries and other short texts (the answerer's
+        evidence sentences) on the fp32 query encoder, so they are comparable with
+        :meth:`embed_query` vectors; PyTorch only when ONNX Runtime cannot run the model."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim or self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+        got = self._onnx_encode("fp32", texts)
+        return got if got is not None else self._torch_encode(texts)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """(dim,) float32, L2-normalised.
-
-        Uses the ONNX Runtime copy of the model when :meth:`query_encoder` has one (same
-        vectors, 3x faster; see :mod:`rag.onnx_query`). Otherwise runs torch on one thread: a single short query gains nothing from intra-op parallelism,
-        and a second OpenMP thread that must wait for a busy core made a query 10x slower here
-        (MiniLM on 2 loaded cores: 984 ms with 2 threads, 100 ms with 1).
-        """
+        """(dim,) float32, L2-normalised, on the fp32 query encoder (ONNX Runtime: same vectors
+        as PyTorch, 3-4x faster for one text, no PyTorch loaded; see :mod:`rag.onnx_embedding`),
+        PyTorch only when ONNX Runtime cannot run the model."""
         enc = self.query_encoder()
         if enc is not None:
             try:
                 return enc.encode(text)
             except Exception as e:  # noqa: BLE001 - fall back to PyTorch for good
                 log.warning("ONNX query encoder failed (%s); using PyTorch", type(e).__name__)
-                self._onnx = False
-        import torch
-
-        with _TORCH_THREADS_LOCK:
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                return self.embed_documents([text])[0]
-            finally:
-                torch.set_num_threads(before)
-
-
-_TORCH_THREADS_LOCK = threading.Lock()
+                self._onnx["fp32"] = False
+        return self._torch_encode([text])[0]
 
 
 def make_embedder(config: EmbeddingConfig, allow_pickle: bool = False) -> Embedder:

@@ -1,0 +1,118 @@
+"""A generator's GGUF file as a derived float32 safetensors folder, made once and cached.
+
+transformers de-quantises a GGUF file to float32 on every load and converts its tokenizer: 20 s
+for SmolLM2-135M Q4_1 on this 2-core machine, most of a cold ``rag ask``. The float32 tensors it
+produces are written once to ``cache_dir()/generator/<name>-<file key>-v<version>/`` as a plain
+Hugging Face folder (``model.safetensors``, ``config.json``, ``tokenizer.json``, chat template),
+which later processes load with ``from_pretrained`` in about a second (loaded machine: 2-3 s).
+
+float32, not bfloat16: the GGUF weights de-quantised by transformers are float32 values that
+bfloat16 cannot hold (Q4_1 scale x nibble + offset needs ~15 mantissa bits); a bfloat16 copy
+moved token log-probabilities by up to 0.09 nats (0.29 with bfloat16 arithmetic) and changed the
+arg-max next token at 2-5 % of positions, which changes span answers. The float32 copy is the
+same numbers, so answers are identical; every new copy is checked against the GGUF-loaded model
+(:data:`MAX_LOGPROB_DIFF`) before it is used, and dropped if it differs.
+
+The folder name carries :func:`rag.model_cache.file_key` of the GGUF file, so a replaced GGUF
+makes a new copy; the folder is written atomically (:func:`rag.model_cache.atomic_folder`) and
+counts only once ``rag-derived.json`` is in it. Never written into an index folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..model_cache import atomic_folder, cache_dir, file_key
+
+log = logging.getLogger("rag")
+
+DERIVED_VERSION = 1
+"""Bumped when the derived folder's layout changes, so old copies are not reused."""
+MAX_LOGPROB_DIFF = 1e-4
+"""Largest |log P| difference (nats, any position, any vocabulary entry) allowed between the
+derived copy and the GGUF-loaded model on the probe prompt; the float32 copy measures 0.0."""
+MARKER = "rag-derived.json"
+"""File written last into a complete derived folder: source file, its key, the check's result."""
+_PROBE = [{"role": "system", "content": "Answer from the numbered sources and cite them as [n]."},
+          {"role": "user", "content": "Sources:\n[1] zlib\nzlib was written by Jean-loup Gailly (compression) and "
+                                      "Mark Adler (decompression).\n\nQuestion: Who wrote zlib?"}]
+
+
+def derived_folder(gguf_path: str | Path) -> Path:
+    """Where the derived copy of ``gguf_path`` lives (whether or not it exists yet).
+    Raises OSError when the GGUF file cannot be read."""
+    p = Path(gguf_path)
+    return cache_dir() / "generator" / f"{p.stem}-{file_key(p)}-v{DERIVED_VERSION}"
+
+
+def find_derived(gguf_path: str | Path) -> Path | None:
+    """The complete derived folder of ``gguf_path``, or None (not made yet, or unreadable)."""
+    try:
+        folder = derived_folder(gguf_path)
+    except OSError:
+        return None
+    return folder if (folder / MARKER).is_file() and (folder / "model.safetensors").is_file() else None
+
+
+def _probe_ids(tok):
+    import torch
+
+    text = tok.apply_chat_template(_PROBE, add_generation_prompt=True, tokenize=False)
+    return text, torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+
+
+def derive(gguf_model, gguf_tokenizer, gguf_path: str | Path) -> Path | None:
+    """Write the derived float32 copy of an already GGUF-loaded ``gguf_model`` (and its
+    tokenizer) for ``gguf_path``; return its folder, or None when it cannot be written or fails
+    the check (rendered prompt and token ids equal, log-probabilities within
+    :data:`MAX_LOGPROB_DIFF`). Costs about 3 s plus one load of the copy."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        target = derived_folder(gguf_path)
+        with atomic_folder(target) as tmp:
+            cfg = gguf_model.config.to_dict()
+            cfg.pop("quantization_config", None)
+            cfg["dtype"] = "float32"
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True), encoding="utf-8")
+            gguf_tokenizer.save_pretrained(str(tmp))
+            if getattr(gguf_model, "generation_config", None) is not None:
+                gguf_model.generation_config.save_pretrained(str(tmp))
+            tied = bool(getattr(gguf_model.config, "tie_word_embeddings", False))
+            state = {k: v.detach().to(torch.float32).contiguous() for k, v in gguf_model.state_dict().items()
+                     if not (tied and k == "lm_head.weight")}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            del state
+            copy = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True).eval()
+            copy_tok = AutoTokenizer.from_pretrained(str(tmp))
+            text, ids = _probe_ids(gguf_tokenizer)
+            text2, ids2 = _probe_ids(copy_tok)
+            if text != text2 or not torch.equal(ids, ids2):
+                log.warning("derived generator copy tokenises differently from the GGUF; using the GGUF")
+                raise _Rejected
+            with torch.inference_mode():
+                ref = torch.log_softmax(gguf_model(input_ids=ids).logits.float(), dim=-1)
+                got = torch.log_softmax(copy(input_ids=ids).logits.float(), dim=-1)
+            diff = float((ref - got).abs().max())
+            if not diff <= MAX_LOGPROB_DIFF:
+                log.warning("derived generator copy differs from the GGUF by %.3g nats; using the GGUF", diff)
+                raise _Rejected
+            marker = {"source": str(Path(gguf_path).resolve()), "source_key": file_key(gguf_path), "dtype": "float32",
+                      "version": DERIVED_VERSION, "max_logprob_diff": diff, "probe_tokens": int(ids.shape[1])}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        log.info("wrote the float32 copy of %s to %s (max log-prob difference %.3g)", Path(gguf_path).name, target, diff)
+        return target
+    except _Rejected:
+        return None
+    except Exception as e:  # noqa: BLE001 - a cache problem must never stop answering: use the GGUF
+        log.warning("could not write the derived generator copy (%s: %s); loading the GGUF each time",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return None
+
+
+class _Rejected(Exception):
+    """The derived copy failed its check (already logged); the folder is discarded."""

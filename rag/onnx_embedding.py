@@ -1,0 +1,294 @@
+"""The embedder's transformer run by ONNX Runtime: queries, short texts and document batches.
+
+PyTorch eager spends most of a short text's time on per-operator overhead; ONNX Runtime with its
+graph fusions (attention, GELU, LayerNorm) embeds a SciFact query with all-MiniLM-L6-v2 in about
+7 ms against 20-28 ms for PyTorch on this 2-core machine (``benchmarks/query_embedding.py``), and
+document batches faster too (``benchmarks/ingest_throughput.py``). The fp32 graph's vectors equal
+PyTorch's (cosine >= :data:`MIN_EXPORT_COSINE`, checked on every export), so vectors from either
+search each other's indexes.
+
+The fp32 graph is *exported locally* from the sentence-transformers model the user already has
+(``torch.onnx.export``, about 2 s, once per model) and cached under :func:`cache_dir`; the int8
+graph is derived from it by ONNX Runtime's dynamic quantisation
+(``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations quantised per batch at
+run time) and checked against the fp32 vectors (cosine >= :data:`MIN_INT8_COSINE`). Nothing is
+downloaded. Only plain models are handled: modules Transformer -> Pooling (mean of token
+embeddings) [-> Normalize]; anything else keeps the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .model_cache import cache_dir, file_key
+
+log = logging.getLogger("rag")
+
+__all__ = [
+    "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "OnnxEncoder", "OnnxQueryEncoder", "cache_dir",
+    "export", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8", "weights_key",
+]
+
+EXPORT_VERSION = 1
+"""Bumped when the exported graph or its inputs change, so old cache files are not reused."""
+MIN_EXPORT_COSINE = 0.99999
+"""An fp32 export is kept only if every probe text's ONNX vector has at least this cosine with
+PyTorch's."""
+MIN_INT8_COSINE = 0.98
+"""An int8 graph is kept only if every probe text's vector has at least this cosine with the fp32
+graph's (dynamic int8 quantisation of MiniLM gives 0.99-0.998 on these probes)."""
+_PROBES = (
+    "What is the capital of France?",
+    "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors.",
+    " ".join(["Retrieval-augmented generation grounds answers in retrieved passages."] * 40),  # > 256 word pieces
+)
+
+
+def onnxruntime_available() -> bool:
+    """True when the ``onnxruntime`` package can be imported (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def plain_mean_pooling_model(folder: str | Path) -> tuple[int, bool] | None:
+    """``(max_seq_length, normalize)`` when the sentence-transformers folder is Transformer ->
+    mean Pooling [-> Normalize] with a ``tokenizer.json``; None otherwise (or not a folder)."""
+    p = Path(folder)
+    try:
+        modules = json.loads((p / "modules.json").read_text(encoding="utf-8"))
+        types = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        if types[:2] != ["Transformer", "Pooling"] or types[2:] not in ([], ["Normalize"]):
+            return None
+        pool = json.loads((p / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+        modes = {k for k, v in pool.items() if k.startswith("pooling_mode") and v is True}
+        if modes != {"pooling_mode_mean_tokens"} or not (p / "tokenizer.json").is_file():
+            return None
+        st = json.loads((p / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        if st.get("do_lower_case"):
+            return None  # sentence-transformers lower-cases before the tokenizer; not mirrored here
+        return int(st.get("max_seq_length", 512)), types[2:] == ["Normalize"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def weights_key(folder: str | Path, model_id: str) -> str:
+    """Cache key of a model folder: its id plus :func:`rag.model_cache.file_key` of each weight
+    file (size, mtime and content sample; changes when the weights are replaced)."""
+    import hashlib
+
+    h = hashlib.sha256(f"{model_id}|v{EXPORT_VERSION}".encode())
+    for f in sorted(Path(folder).rglob("*.safetensors")) + sorted(Path(folder).rglob("*.bin")):
+        h.update(f"{f.name}|{file_key(f)}".encode())
+    return h.hexdigest()[:20]
+
+
+def _intra_op_threads() -> int:
+    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+
+
+class OnnxEncoder:
+    """Runs an exported Transformer + mean pooling graph.
+
+    ``path``: the ``.onnx`` file; ``tokenizer_json``: the model's ``tokenizer.json``; texts are
+    truncated at ``max_seq_length`` word pieces (special tokens included) as sentence-transformers
+    does. Runs on ``min(2, usable cores)`` intra-op threads without spin-waiting (a spinning second
+    thread on a busy 2-core box doubled p95). Safe to call from several threads (ONNX Runtime
+    sessions are). Raises ImportError without onnxruntime and ``onnxruntime`` errors for an
+    unreadable graph.
+    """
+
+    def __init__(self, path: Path, tokenizer_json: Path, max_seq_length: int, normalize: bool):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = _intra_op_threads()
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
+        self.tokenizer_json = Path(tokenizer_json)
+        self.max_seq_length = int(max_seq_length)
+        self.normalize = normalize
+        self.path = Path(path)
+
+    def encode(self, text: str) -> np.ndarray:
+        """(dim,) float32 vector of one text (L2-normalised when the model normalises)."""
+        enc = self.tokenizer.encode(text)
+        ids = np.asarray([enc.ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)}
+        hidden = self.session.run(None, feeds)[0][0]  # (tokens, dim) float32
+        v = hidden.mean(axis=0)
+        if self.normalize:
+            v = v / max(float(np.linalg.norm(v)), 1e-12)
+        return np.ascontiguousarray(v, dtype=np.float32)
+
+    def encode_batch(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(n, dim) float32 vectors of ``texts``, row i for ``texts[i]`` (L2-normalised when the
+        model normalises); empty input gives (0, dim) when the graph's width is known.
+
+        Texts are sorted by word-piece count before batching, so each batch is padded only to
+        its own longest text and no padding is embedded wastefully; rows are written back in
+        input order. Padding positions are masked out of the attention and the mean."""
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encs = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(n), key=lambda i: len(encs[i].ids))
+        out: np.ndarray | None = None
+        step = max(1, int(batch_size))
+        for b in range(0, n, step):
+            idx = order[b : b + step]
+            width = max(len(encs[i].ids) for i in idx)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for r, i in enumerate(idx):
+                e = encs[i]
+                L = len(e.ids)
+                ids[r, :L] = e.ids
+                types[r, :L] = e.type_ids
+                mask[r, :L] = 1
+            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+            m = mask[:, :, None].astype(np.float32)
+            v = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+            if self.normalize:
+                v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            if out is None:
+                out = np.empty((n, v.shape[1]), dtype=np.float32)
+            out[idx] = v
+        assert out is not None
+        return out
+
+    @property
+    def dim(self) -> int:
+        """Vector size from the graph's output shape (0 when the graph leaves it symbolic)."""
+        shape = self.session.get_outputs()[0].shape
+        return int(shape[-1]) if isinstance(shape[-1], int) else 0
+
+
+OnnxQueryEncoder = OnnxEncoder
+"""Former name (``rag.onnx_query``), kept for existing imports."""
+
+_EXPORT_LOCK = threading.Lock()
+
+
+def _tmp_next_to(target: Path) -> str:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return tmp
+
+
+def _unlink(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def export(st_model, folder: str | Path, target: Path, max_seq_length: int, normalize: bool) -> OnnxEncoder | None:
+    """Export the transformer of a loaded ``SentenceTransformer`` to ``target`` (atomic rename),
+    check it against PyTorch on probe texts, and return an encoder; None (and no file) when
+    the export fails or disagrees."""
+    import torch
+
+    with _EXPORT_LOCK:
+        auto = st_model[0].auto_model.eval()
+
+        class _Wrapped(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+        tmp: str | None = _tmp_next_to(target)
+        try:
+            enc = st_model.tokenizer(["export probe text"], return_tensors="pt")
+            if "token_type_ids" not in enc:
+                return None
+            import warnings
+
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                        "token_type_ids": {0: "batch", 1: "tokens"}, "last_hidden_state": {0: "batch", 1: "tokens"}}
+                torch.onnx.export(_Wrapped(auto), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), tmp,
+                                  input_names=["input_ids", "attention_mask", "token_type_ids"],
+                                  output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+            encoder = OnnxEncoder(Path(tmp), Path(folder) / "tokenizer.json", max_seq_length, normalize)
+            ref = st_model.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            got = encoder.encode_batch(list(_PROBES))
+            cos = _min_cosine(ref, got)
+            if cos < MIN_EXPORT_COSINE:
+                log.warning("ONNX encoder disagrees with PyTorch (cosine %.6f); using PyTorch", cos)
+                return None
+            os.replace(tmp, target)
+            tmp = None
+            encoder.path = target
+            log.info("exported the embedder to %s", target)
+            return encoder
+        except Exception as e:  # noqa: BLE001 - any export problem: stay on the PyTorch path
+            log.warning("could not export the embedder to ONNX (%s: %s); using PyTorch",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
+        finally:
+            _unlink(tmp)
+
+
+def quantize_int8(fp32: OnnxEncoder, target: Path) -> OnnxEncoder | None:
+    """Derive the int8 graph from the fp32 ``fp32`` encoder's file with
+    ``onnxruntime.quantization.quantize_dynamic`` (signed int8 weights, per-channel for MatMul,
+    activations quantised per batch at run time), write it to ``target`` atomically, and return
+    an encoder; None (and no file) when quantisation fails or its probe vectors fall below
+    :data:`MIN_INT8_COSINE` against fp32's."""
+    with _EXPORT_LOCK:
+        tmp: str | None = _tmp_next_to(target)
+        try:
+            import warnings
+
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(fp32.path), tmp, weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul"])
+            enc = OnnxEncoder(Path(tmp), fp32.tokenizer_json, fp32.max_seq_length, fp32.normalize)
+            cos = _min_cosine(fp32.encode_batch(list(_PROBES)), enc.encode_batch(list(_PROBES)))
+            if cos < MIN_INT8_COSINE:
+                log.warning("int8 embedder disagrees with fp32 (cosine %.4f); using fp32", cos)
+                return None
+            os.replace(tmp, target)
+            tmp = None
+            enc.path = target
+            log.info("quantised the embedder to int8 at %s (probe cosine %.4f)", target, cos)
+            return enc
+        except Exception as e:  # noqa: BLE001 - any problem: stay on fp32
+            log.warning("could not quantise the embedder to int8 (%s: %s); using fp32",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
+        finally:
+            _unlink(tmp)
