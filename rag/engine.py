@@ -173,10 +173,11 @@ class QueryEngine:
         gen = int(reader.generation)
         if gen in self._checked_generations:
             return
-        from .index.local import check_embedder
+        from .index.backend import check_embedder
 
-        check_embedder({"embedder": dict(reader.embedder)}, getattr(self.embedder, "model_id", None),
-                       getattr(self.index, "dir", None) or "index")
+        where = getattr(self.index, "dir", None)
+        check_embedder(reader.embedder, getattr(self.embedder, "model_id", None),
+                       f"{where}/manifest.json" if where is not None else repr(self.index))
         with self._lock:
             self._checked_generations.add(gen)
 

@@ -235,9 +235,9 @@ class Indexer:
         with self.index.writer(wait_s, embedder=emb_info, settings=self.settings()) as w:
             base = w.base
             if base is not None:
-                from .index.local import check_embedder
+                from .index.backend import check_embedder
 
-                check_embedder({"embedder": dict(base.embedder)}, self.embedder.model_id, Path(self.index_dir))
+                check_embedder(base.embedder, self.embedder.model_id, f"{self.index_dir}/manifest.json")
             existing = dict(base.files()) if base is not None else {}
             seen: set[str] = set()
             loaded: list[tuple[FileRecord, list[Document]]] = []

@@ -452,6 +452,17 @@ class Index(Protocol):
         """Release cached states no lease holds; later leases reopen."""
 
 
+def check_embedder(built: Mapping[str, Any], model_id: str | None, where: str | os.PathLike) -> None:
+    """Raise IndexFormatError (one line, naming ``where``) when ``built`` (a reader's
+    :attr:`IndexReader.embedder`) names another model than ``model_id``: its vectors would be
+    compared with queries embedded by a different model."""
+    from ..errors import IndexFormatError
+
+    mid = built.get("model_id")
+    if mid and model_id and mid != model_id:
+        raise IndexFormatError(str(where), f"index was built with embedder {mid!r} but the configured embedder is {model_id!r}")
+
+
 @contextlib.contextmanager
 def null_lease(reader: IndexReader):
     """A lease over an already-open reader (tests, fakes)."""
@@ -459,7 +470,7 @@ def null_lease(reader: IndexReader):
 
 
 __all__ = [
-    "Counts", "Duplicate", "DocumentRecord", "FileRecord", "Filter", "Index", "IndexReader", "IndexWriter",
+    "Counts", "Duplicate", "DocumentRecord", "check_embedder", "FileRecord", "Filter", "Index", "IndexReader", "IndexWriter",
     "Ranked", "SPECIAL_FILTER_KEYS", "TRUSTED", "null_lease", "source_glob", "source_key", "source_matches",
     "value_matches",
 ]

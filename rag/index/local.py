@@ -484,12 +484,4 @@ class LocalWriter:
         self.tx.abort()
 
 
-def check_embedder(manifest: Mapping[str, Any], model_id: str | None, where: Path) -> None:
-    """Raise IndexFormatError when the index was built with another embedder than ``model_id``."""
-    mid = manifest.get("embedder", {}).get("model_id")
-    if mid and model_id and mid != model_id:
-        raise IndexFormatError(str(where / MANIFEST),
-                               f"index was built with embedder {mid!r} but the configured embedder is {model_id!r}")
-
-
-__all__ = ["LocalIndex", "LocalReader", "LocalWriter", "check_embedder", "leased_generations"]
+__all__ = ["LocalIndex", "LocalReader", "LocalWriter", "leased_generations"]
