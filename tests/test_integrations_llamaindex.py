@@ -94,6 +94,7 @@ def test_llm_sees_only_source_title_page_and_headings(acl_rag):
     shown = node.get_content(metadata_mode=MetadataMode.LLM)
     keys = {line.split(":", 1)[0] for line in shown.splitlines() if ": " in line and line.split(":", 1)[0] in node.metadata}
     assert keys <= set(LLM_METADATA_KEYS) and "source" in keys
+    assert "heading_path" not in keys and "page" not in keys  # empty for a JSONL record: not shown
     assert node.get_content(metadata_mode=MetadataMode.EMBED) == node.text
 
 

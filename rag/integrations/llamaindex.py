@@ -30,9 +30,9 @@ except ImportError as _e:  # one line naming the extra, instead of a bare Module
 __all__ = ["RagRetriever", "hit_to_node", "LLM_METADATA_KEYS"]
 
 LLM_METADATA_KEYS = ("source", "title", "page", "heading_path")
-"""Metadata keys a response synthesizer shows the LLM next to each chunk; scores, ranks, ids
-and offsets stay on the node for the application but out of the prompt (they cost tokens and
-mean nothing to the model)."""
+"""Metadata keys a response synthesizer shows the LLM next to each chunk (when not empty);
+scores, ranks, ids and offsets stay on the node for the application but out of the prompt
+(they cost tokens and mean nothing to the model)."""
 
 
 def hit_to_node(hit) -> NodeWithScore:
@@ -42,7 +42,7 @@ def hit_to_node(hit) -> NodeWithScore:
     character offsets into its document, and the SOURCE relationship names the document id
     (so ``node.ref_doc_id == metadata["doc_id"]``). ``score`` is the fused score."""
     meta = hit_metadata(hit)
-    hidden = [k for k in meta if k not in LLM_METADATA_KEYS]
+    hidden = [k for k in meta if k not in LLM_METADATA_KEYS or meta[k] in (None, "", [])]
     node = TextNode(
         text=hit.chunk.text, id_=str(hit.chunk.id), metadata=meta,
         excluded_llm_metadata_keys=hidden, excluded_embed_metadata_keys=list(meta),
