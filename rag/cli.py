@@ -238,13 +238,15 @@ as_option = click.option("--as", "groups", multiple=True, help="Caller's access 
 @filter_option
 @as_option
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--at", "at_gen", type=int, default=None, help="Search kept generation GEN (see rag versions).")
 @click.pass_context
-def search(ctx, query, index, mode, top_k, fusion, rerank, filters, groups, as_json):
+def search(ctx, query, index, mode, top_k, fusion, rerank, filters, groups, as_json, at_gen):
     """Print the chunks that best match QUERY, with score, source and snippet."""
+    from .cli_ops import pin_generation
     from .pipeline import display_source
 
     flt = _parse_filters(filters)  # a bad flag is reported before the index is opened
-    rag = _open(ctx, index, {"retrieval": {"fusion": fusion, "reranker": rerank}})
+    rag = pin_generation(_open(ctx, index, {"retrieval": {"fusion": fusion, "reranker": rerank}}), at_gen)
     res = rag.search_result(query, top_k=top_k, mode=mode, filters=flt, principals=_principals(groups))
     hits = list(res.hits)
     if as_json:
@@ -313,14 +315,16 @@ def _with_generation(f):
 @click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
               help="Conversation records file (default: config records.path, else <index>/records.sqlite).")
 @click.option("--no-record", is_flag=True, help="Do not write a conversation record.")
+@click.option("--at", "at_gen", type=int, default=None, help="Answer from kept generation GEN (see rag versions).")
 @click.pass_context
 def ask(ctx, question, index, top_k, filters, groups, generator, model, base_url, max_new_tokens, temperature, seed,
-        no_stream, as_json, user_id, session_id, records_path, no_record):
+        no_stream, as_json, user_id, session_id, records_path, no_record, at_gen):
     """Answer QUESTION from the indexed documents, citing them as [n]; the answer is recorded."""
-    from .cli_ops import record_cli_answer
+    from .cli_ops import pin_generation, record_cli_answer
 
     kw = dict(top_k=top_k, filters=_parse_filters(filters), principals=_principals(groups))
-    rag = _open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
+    rag = pin_generation(_open(ctx, index, _gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url)),
+                         at_gen)
     rec_kw = dict(user_id=user_id, session_id=session_id, records_path=records_path)
     if as_json:
         ans = rag.ask(question, **kw)
@@ -392,6 +396,10 @@ def info(ctx, index, as_json):
     """Show documents, chunks, sources by type, embedder, sizes on disk and last update."""
     rag = _open(ctx, index)
     inf = rag.info()
+    if os.path.isdir(index):  # a local index folder: its kept generations
+        from .index.versions import disk_usage
+
+        inf["generations_kept"] = disk_usage(index)
     if as_json:
         _emit_json(inf)
         return
@@ -404,6 +412,9 @@ def info(ctx, index, as_json):
     click.echo("  size on disk: " + ", ".join(f"{k} {_human(v)}" for k, v in inf["sizes_bytes"].items())
                + f"; total {_human(inf['total_bytes'])}")
     click.echo(f"  created {inf['created']}, last update {inf['updated']}")
+    if inf.get("generations_kept") is not None:
+        click.echo(f"  generations kept: {inf['generations_kept']['generations']} ({_human(inf['generations_kept']['bytes'])} "
+                   "on disk; rag versions lists them)")
 
 
 def _human(n: int) -> str:
@@ -435,12 +446,18 @@ def delete(ctx, sources, index, wait_s, as_json):
 
 @cli.command()
 @index_option
+@click.option("--at", "at_gen", type=int, default=None, help="Check kept generation GEN instead of the current one.")
 @click.pass_context
-def verify(ctx, index):
+def verify(ctx, index, at_gen):
     """Check every file's checksum and that docstore, FAISS and BM25 agree."""
     from .pipeline import RAG
 
-    res = RAG(index).verify()
+    if at_gen is not None:
+        from .index.versions import verify_generation
+
+        res = verify_generation(index, at_gen)
+    else:
+        res = RAG(index).verify()
     click.echo(f"Index {res['index']} is consistent: generation {res['generation']}, {res['documents']} documents, "
                f"{res['chunks']} chunks.")
 

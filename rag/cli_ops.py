@@ -1,4 +1,5 @@
-"""Operating commands of the ``rag`` CLI: ``chat``, ``feedback``, ``history``, ``stats``.
+"""Operating commands of the ``rag`` CLI: ``chat``, ``feedback``, ``history``, ``stats``,
+``versions``, ``rollback``.
 
 Registered on the click group by :mod:`rag.cli` (``register(cli)``); thin like the rest of the
 CLI: parse, call :mod:`rag.records` / :mod:`rag.stats` / :mod:`rag.conversation`, print.
@@ -60,8 +61,23 @@ def record_cli_answer(ctx, rag, ans, *, user_id, session_id, records_path) -> di
         return None
 
 
+def pin_generation(rag, at: int | None):
+    """``--at GEN``: make ``rag`` read kept generation GEN (:func:`rag.index.versions.pin`)."""
+    if at is None:
+        return rag
+    from .index.versions import pin
+
+    return pin(rag, at)
+
+
+def _changes_text(ch) -> str:
+    if ch is None:
+        return "-"
+    return f"+{len(ch['added'])} ~{len(ch['changed'])} -{len(ch['removed'])}"
+
+
 def register(cli: click.Group) -> None:
-    """Add chat, feedback, history and stats to ``cli``."""
+    """Add chat, feedback, history, stats, versions and rollback to ``cli``."""
     c = _cli()
 
     @cli.command()
@@ -201,3 +217,43 @@ def register(cli: click.Group) -> None:
             click.echo(st.format_table(res))
             if html_path:
                 click.echo(f"\nWrote {html_path}.")
+
+    @cli.command()
+    @c.index_option
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--files", "show_files", is_flag=True, help="List the files each generation added, changed, removed.")
+    def versions(index, as_json, show_files):
+        """List the kept index generations: time, documents, chunks, files added/changed/removed."""
+        from .index.versions import list_versions
+
+        vs = list_versions(index)
+        if as_json:
+            c._emit_json(vs)
+            return
+        click.echo(f"{'generation':>10}  {'committed (UTC)':<25}  {'documents':>9}  {'chunks':>7}  {'files +added ~changed -removed':<30}  disk")
+        for v in vs:
+            mark = " (current)" if v["current"] else ""
+            note = f"  restored from {v['restored_from']}" if v["restored_from"] else ""
+            click.echo(f"{v['generation']:>10}  {str(v['time'] or '-'):<25}  {v['documents'] if v['documents'] is not None else '-':>9}  "
+                       f"{v['chunks'] if v['chunks'] is not None else '-':>7}  {_changes_text(v['changes']):<30}  "
+                       f"{c._human(v['bytes'])}{mark}{note}")
+            if show_files and v["changes"]:
+                from .pipeline import display_source
+
+                for kind, sign in (("added", "+"), ("changed", "~"), ("removed", "-")):
+                    for f in v["changes"][kind]:
+                        click.echo(f"{'':>12}{sign} {display_source(f)}")
+
+    @cli.command()
+    @click.argument("generation", type=int)
+    @c.index_option
+    @click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait for another writer.")
+    @click.pass_context
+    def rollback(ctx, generation, index, wait_s):
+        """Make kept GENERATION current again (as a new generation; readers switch at once)."""
+        from .index.versions import rollback as do_rollback
+
+        cfg, _ = c._config(ctx)
+        m = do_rollback(index, generation, keep=cfg.index.keep_generations, wait_s=wait_s)
+        click.echo(f"Restored generation {generation} as generation {m['generation']}: {m['counts']['documents']} documents, "
+                   f"{m['counts']['chunks']} chunks.")

@@ -162,6 +162,18 @@ class AnswerConfig:
 
 
 @dataclass
+class IndexConfig:
+    """Index folder settings (``[index]``; :mod:`rag.index.versions`). ``keep_generations``:
+    committed generations kept on disk for ``rag versions`` / ``rollback`` / ``--at`` (>= 1)."""
+
+    keep_generations: int = 5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_generations, int) or self.keep_generations < 1:
+            raise ConfigError(f"index.keep_generations must be an integer >= 1, not {self.keep_generations!r}")
+
+
+@dataclass
 class RecordsConfig:
     """Conversation records (:mod:`rag.records`). ``path``: the SQLite file; None keeps them
     beside the index (``<index>/records.sqlite``, or a per-user file when the index folder is
@@ -212,6 +224,7 @@ class RagConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
 

@@ -25,7 +25,7 @@ def generation_of(rag) -> int | None:
     """The generation ``rag`` answers from now (None when it cannot tell): the fallback for
     an :class:`Answer` whose ``generation`` is unset."""
     try:
-        return int(rag.snapshot.generation)
+        return int(rag.generation)
     except Exception:  # noqa: BLE001 - a record must never fail because of this
         return None
 

@@ -53,6 +53,7 @@ class RAG:
         self.store = open_index(index_dir if isinstance(index_dir, str) else str(index_dir), cfg)
         self.location = str(index_dir)
         self.index_dir = Path(getattr(self.store, "side_dir", index_dir))
+        self.store.keep_generations = cfg.index.keep_generations
         self._explicit_config = config is not None
         self.allow_pickle = allow_pickle
         self.engine = QueryEngine(self.store, cfg, embedder=embedder, generator=generator, allow_pickle=allow_pickle)
@@ -94,6 +95,7 @@ class RAG:
     def config(self, value: RagConfig) -> None:
         self.engine.config = value
         self.store.ann_threshold = value.retrieval.ann_threshold
+        self.store.keep_generations = value.index.keep_generations
 
     embedder = property(lambda self: self.engine.embedder)
     generator = property(lambda self: self.engine.generator)

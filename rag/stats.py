@@ -42,38 +42,17 @@ def parse_since(value: str) -> str:
 
 
 def index_documents(index_dir: str | Path) -> list[dict[str, Any]] | None:
-    """The documents of an index as ``[{"doc_id", "source", "title"}]`` (duplicates that were
-    stored as aliases left out), read from its current committed generation without loading a
-    model. None when there is no readable index (never-cited documents are then not computed)."""
+    """The documents of an index as ``[{"doc_id", "source", "title"}]`` (duplicates kept as
+    aliases left out), read from its current committed state through the public facade
+    (``RAG.lease()``; no model is loaded). None when there is no readable index (never-cited
+    documents are then not computed)."""
     from .errors import RagError
+    from .pipeline import RAG
 
     try:
-        from .pipeline import RAG
-
-        rag = RAG(index_dir)
-        docs_fn = getattr(rag, "documents", None)
-        if callable(docs_fn):
-            out = []
-            for d in docs_fn():
-                get = d.get if isinstance(d, Mapping) else (lambda k, _d=d: getattr(_d, k, None))
-                if get("duplicate_of"):
-                    continue
-                out.append({"doc_id": get("doc_id") or get("key") or get("id"), "source": get("source"), "title": get("title")})
-            return out
-        snap = rag.store.open(load_all=False)
-        try:
-            ds = snap.docstore
-            if hasattr(ds, "documents"):
-                out = []
-                for d in ds.documents():
-                    if getattr(d, "duplicate_of", None):
-                        continue
-                    out.append({"doc_id": getattr(d, "key", None) or getattr(d, "doc_id", None),
-                                "source": d.source, "title": getattr(d, "title", None)})
-                return out
-            return [{"doc_id": None, "source": s, "title": None} for s in ds.sources()]
-        finally:
-            snap.close()
+        with RAG(index_dir).lease() as reader:
+            return [{"doc_id": d.key, "source": d.source, "title": d.title} for d in reader.documents()
+                    if not d.alias_of]
     except RagError:
         return None
 

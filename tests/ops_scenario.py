@@ -1,6 +1,6 @@
 """The chatbot-operations scenario shared by test_records.py and test_stats.py: 30 questions
 from 3 users over 2 sessions each, asked through the library (Conversation, record_answer) and
-the CLI (`rag chat`, `rag ask`), with feedback, on the mini corpus (hash-64 embedder,
+the CLI (`rag chat`, `rag ask`), with feedback, on the mini corpus (testing:hash-64 embedder,
 extractive generator). Everything the tests compare against is collected here by hand, from
 what each entry point returned, never from the record store."""
 
@@ -31,7 +31,7 @@ QUESTIONS = [
     "What is the Zen of Python about errors?", "What is the maximum frame size in HTTP/2?", "Who designed the zlib format?",
     "Why do cats purr at night?", "What is a dictionary in zlib?",
 ]
-CFG = {"embedding": {"model": "hash-64"}, "generation": {"backend": "extractive"}}
+CFG = {"embedding": {"model": "testing:hash-64"}, "generation": {"backend": "extractive"}}
 
 
 def cli(*args, input: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -82,7 +82,7 @@ def build(tmp_path: Path) -> Scenario:
         for turn in range(1, n + 1):
             question = next(q)
             ans = conv.ask(question)
-            sc.expected.append(Expected(user, sid, turn, question, "Conversation", rag.snapshot.generation, ans.to_dict()))
+            sc.expected.append(Expected(user, sid, turn, question, "Conversation", rag.generation, ans.to_dict()))
         return conv
 
     a1 = lib_session("alice", "a1", 5)
@@ -97,7 +97,7 @@ def build(tmp_path: Path) -> Scenario:
     # the corpus changes: a new generation; later records must name it
     (corpus / "notes.md").write_text("# Penguins\n\nEmperor penguins sleep standing up, in short naps of a few seconds.\n")
     RAG.create(idx, cfg).ingest([corpus])
-    gen2 = RAG.open(idx, cfg).snapshot.generation
+    gen2 = RAG.open(idx, cfg).generation
     assert gen2 == 2
 
     # bob's second session and carol's first through `rag chat` (one process each)

@@ -209,6 +209,7 @@ class LocalIndex:
         self.store = IndexStore(self.dir)
         self.ann_threshold = int(ann_threshold)
         self.bm25 = bm25
+        self.keep_generations = 5  # committed generations kept on disk ([index] keep_generations; rag.index.versions)
         self._lock = threading.Lock()
         self._open_lock = threading.Lock()
         self._current: _State | None = None
@@ -342,13 +343,17 @@ class LocalIndex:
                 names = set(BM25Config.__dataclass_fields__)
                 bm25 = self.bm25 or BM25Config(**{k: v for k, v in (manifest.get("config", {}).get("bm25") or {}).items()
                                                   if k in names})
+                from .versions import CommitHook
+
+                hook = CommitHook(self.dir, self.keep_generations, LocalReader(snap), tx.docstore)
                 try:
                     new = tx.commit(np.zeros(0, dtype=np.int64), np.zeros((0, vectors.shape[1]), dtype=np.float32),
                                     dim=int(vectors.shape[1]),
                                     embedder={k: v for k, v in manifest["embedder"].items() if k in ("name", "model_id", "max_seq_length")},
                                     config=manifest.get("config", {}), bm25_config=bm25, ann_threshold=self.ann_threshold,
                                     rebuild_vectors=vectors,
-                                    keep_generations=[f"gen-{g:06d}" for g in leased_generations(self.dir)])
+                                    keep_generations=[f"gen-{g:06d}" for g in leased_generations(self.dir)] + hook.keep)
+                    hook.done(new)
                 except BaseException:
                     tx.abort()
                     raise
@@ -470,10 +475,14 @@ class LocalWriter:
             names = set(BM25Config.__dataclass_fields__)
             bm25 = BM25Config(**{k: v for k, v in (self.settings.get("bm25") or {}).items() if k in names})
         emb = {k: v for k, v in self.embedder.items() if k in ("name", "model_id", "max_seq_length")}
-        keep = [f"gen-{g:06d}" for g in leased_generations(self.index.dir)]
+        from .versions import CommitHook  # keeps the last keep_generations, records what changed
+
+        hook = CommitHook(self.index.dir, self.index.keep_generations, self.base, self.tx.docstore)
+        keep = [f"gen-{g:06d}" for g in leased_generations(self.index.dir)] + hook.keep
         manifest = self.tx.commit(ids, vecs, dim=self.dim, embedder=emb, config=self.settings, bm25_config=bm25,
                                   ann_threshold=self.index.ann_threshold, rebuild_vectors=rebuild_vectors,
                                   keep_generations=keep)
+        hook.done(manifest)
         self.committed = self._done = True
         return manifest
 
