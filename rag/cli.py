@@ -218,8 +218,10 @@ def _print_ingest(r) -> None:
         f"Ingest {state}: {r.files_seen} file(s) seen, {r.files_ingested} ingested, {r.files_unchanged} unchanged, "
         f"{len(r.skipped)} skipped; {r.documents} document(s), {r.chunks_added} chunk(s) added "
         f"({r.chunks_embedded} embedded, {r.chunks_from_cache} from cache), {r.chunks_removed} removed; "
-        f"{len(docs_dups)} duplicate document(s) and {len(chunk_dups)} duplicate chunk(s) dropped; "
-        f"index {r.index_dir}: {r.total_documents} documents, {r.total_chunks} chunks; {r.seconds:.1f} s")
+        f"{len(docs_dups)} duplicate document(s) and {len(chunk_dups)} duplicate chunk(s) kept as aliases; "
+        + (f"{len(r.revived)} alias(es) restored; " if r.revived else "")
+        + (f"{r.truncated} chunk title(s) cut to the embedder's limit; " if r.truncated else "")
+        + f"index {r.index_dir}: {r.total_documents} documents, {r.total_chunks} chunks; {r.seconds:.1f} s")
 
 
 # ---- search / ask ---------------------------------------------------------------------------
