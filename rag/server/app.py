@@ -99,7 +99,7 @@ def require_index(svc: Service) -> None:
 
 
 def create_app(rag, keys: KeyStore, *, uploads_dir: str | Path | None = None, max_upload_bytes: int = 50 * 2**20,
-               warm_up: bool = True, records=None) -> FastAPI:
+               warm_up: bool = True, records=None, generation_slots: int = 1) -> FastAPI:
     """Build the app around one shared :class:`rag.RAG`.
 
     ``keys``: :meth:`KeyStore.load` or :meth:`KeyStore.local`. ``uploads_dir``: where uploaded
@@ -107,11 +107,12 @@ def create_app(rag, keys: KeyStore, *, uploads_dir: str | Path | None = None, ma
     (413 beyond). ``warm_up``: load the models in a thread at start-up (``/health`` says ready
     when done); False marks the server ready at once (tests of the routes only).
     ``records``: a :class:`rag.records.RecordStore` (default: the index's).
+    ``generation_slots``: answers generated at once (:class:`rag.server.service.Service`).
     """
     from . import chat, documents
 
     uploads = Path(uploads_dir) if uploads_dir is not None else Path(rag.index_dir) / "uploads"
-    service = Service(rag, uploads, records=records)
+    service = Service(rag, uploads, records=records, generation_slots=generation_slots)
     metrics = Metrics()
     jobs = JobQueue(on_finish=lambda job: metrics.job_finished(job.kind, job.state))
     ctx = ServerContext(service=service, keys=keys, jobs=jobs, metrics=metrics, max_upload_bytes=max_upload_bytes)

@@ -83,9 +83,9 @@ class _Turn:
     def __init__(self, svc: Service, p: Principal, req: ChatRequest, question: str, session_id: str):
         self.svc, self.p, self.req, self.question, self.session_id = svc, p, req, question, session_id
 
-    def events(self):
+    def events(self, stop: threading.Event | None = None):
         return self.svc.answer_events(self.question, history=self.req.history(), top_k=self.req.top_k,
-                                      filters=self.req.filters, principals=self.p.principals)
+                                      filters=self.req.filters, principals=self.p.principals, stop=stop)
 
     def collect(self) -> Answer:
         final = None
@@ -119,7 +119,7 @@ async def _stream(ctx, request: Request, turn: _Turn) -> AsyncIterator[str]:
             stop.set()
 
     def produce() -> None:
-        events = turn.events()
+        events = turn.events(stop)
         try:
             for ev in events:
                 if isinstance(ev, str):

@@ -28,6 +28,8 @@ def _is_loopback(host: str) -> bool:
 @click.option("--uploads", default=None, help="Folder for uploaded files (default <index>/uploads).")
 @click.option("--max-upload-mb", type=click.FloatRange(0.001, 4096), default=50.0, show_default=True,
               help="Largest upload request.")
+@click.option("--generation-slots", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Answers generated at once (others wait after their sources are sent); 1 suits a CPU.")
 @click.option("--embedder", default=None, help="Embedder for a new index (an existing index keeps its own).")
 @click.option("--generator", type=click.Choice(["transformers", "extractive", "openai"]), default=None,
               help="Generator backend (default transformers: SmolLM2-135M-Instruct).")
@@ -38,8 +40,8 @@ def _is_loopback(host: str) -> bool:
 @click.option("--groups", multiple=True, help="With --new-key: the key's access groups (repeatable).")
 @click.option("--admin", is_flag=True, help="With --new-key: an admin key.")
 @click.pass_context
-def serve(ctx, index, host, port, api_keys, uploads, max_upload_mb, embedder, generator, model, base_url, new_key_user,
-          groups, admin):
+def serve(ctx, index, host, port, api_keys, uploads, max_upload_mb, generation_slots, embedder, generator, model,
+          base_url, new_key_user, groups, admin):
     """Serve INDEX over HTTP: OpenAI-compatible chat completions with sources, search,
     document upload/list/delete, feedback, /health, /metrics and a web page at /."""
     from ..cli import _gen_overrides, _open
@@ -64,7 +66,8 @@ def serve(ctx, index, host, port, api_keys, uploads, max_upload_mb, embedder, ge
         rag.config = rag.config.updated({"embedding": {"model": embedder}})
     from .app import create_app, run_server
 
-    app = create_app(rag, keys, uploads_dir=uploads, max_upload_bytes=int(max_upload_mb * 2**20))
+    app = create_app(rag, keys, uploads_dir=uploads, max_upload_bytes=int(max_upload_mb * 2**20),
+                     generation_slots=generation_slots)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
     click.echo(f"rag: serving {index} on http://{host if ':' not in host else f'[{host}]'}:{port} "
                f"({'keyless' if keys.is_local else f'{len(keys)} API key(s)'}); GET /health says when models are loaded",

@@ -45,10 +45,16 @@ class Service:
 
     ``rag``: the shared :class:`rag.RAG` (opened or created on the index folder).
     ``uploads_dir``: where uploaded files are kept (their path is their document key).
+    ``generation_slots``: answers generated at once; more wait their turn (FIFO-ish) after
+    their sources are sent. Why: generation is CPU-bound and each one already uses every core
+    PyTorch is given, so running several at once only makes each slower (and searches with
+    them); 1 suits a CPU, more suit a GPU or a remote generator.
     """
 
-    def __init__(self, rag, uploads_dir: str | Path, records=None):
+    def __init__(self, rag, uploads_dir: str | Path, records=None, generation_slots: int = 1):
         self.rag = rag
+        self.generation_slots = int(generation_slots)
+        self._slots = threading.BoundedSemaphore(self.generation_slots)
         self.uploads_dir = Path(uploads_dir)
         self.display = Display(self.uploads_dir)
         self._records = records
@@ -91,10 +97,32 @@ class Service:
         return list(res.hits), res.generation, dict(res.timings)
 
     def answer_events(self, question: str, *, history: Sequence[Mapping[str, str]], top_k: int | None,
-                      filters: Mapping[str, Any] | None, principals: Sequence[str] | None) -> Iterator[Sources | str | Answer]:
+                      filters: Mapping[str, Any] | None, principals: Sequence[str] | None,
+                      stop: threading.Event | None = None) -> Iterator[Sources | str | Answer]:
         """Yield :class:`Sources` first, then the answer's text pieces, then the final Answer:
         the steps and results of :meth:`rag.RAG.stream`, with the hits announced before the
-        first piece. Closing the iterator stops generation at the next piece."""
+        first piece. Between the two the answer waits for a generation slot (see the class);
+        ``stop`` set while waiting ends the iterator. Closing the iterator stops generation at
+        the next piece."""
+        events = self._answer_events(question, history=history, top_k=top_k, filters=filters, principals=principals)
+        held = False
+        try:
+            first = next(events, None)
+            if first is None:
+                return
+            yield first  # the Sources: retrieval needs no slot
+            while not self._slots.acquire(timeout=0.2):
+                if stop is not None and stop.is_set():
+                    return
+            held = True
+            yield from events
+        finally:
+            events.close()
+            if held:
+                self._slots.release()
+
+    def _answer_events(self, question: str, *, history: Sequence[Mapping[str, str]], top_k: int | None,
+                       filters: Mapping[str, Any] | None, principals: Sequence[str] | None) -> Iterator[Sources | str | Answer]:
         engine = self.rag.engine
         if hasattr(engine, "stream_events"):
             events = engine.stream_events(question, top_k, history=list(history), filters=filters, principals=principals)
