@@ -131,7 +131,9 @@ class AnswerConfig:
     (:class:`rag.answering.spans.SpanSettings`); ``span_sure_margin`` (nats): a span whose best
     non-overlapping rival is closer than this is not asserted, the sentence answers instead.
     ``yes_no_*``: logistic verdict weights (:class:`rag.answering.verdict.VerdictWeights`),
-    fitted on BoolQ dev's dev half. ``max_sentences``, ``mmr_lambda``, ``sentence_max_drop``:
+    fitted on BoolQ dev's dev half; ``yes_no_evidence``: what the model reads for the verdict
+    ("sentence": the best supporting sentence, "two": the best two of its chunk, "chunk").
+    ``max_sentences``, ``mmr_lambda``, ``sentence_max_drop``:
     sentence answers (:func:`rag.answering.selection.select_sentences`).
     """
 
@@ -149,13 +151,15 @@ class AnswerConfig:
     span_length_bonus_other: float = 0.5
     span_length_bonus_entity: float = 1.0
     span_sure_margin: float = 0.0
-    yes_no_bias: float = 0.0
-    yes_no_model: float = 1.0
-    yes_no_prior: float = -1.0
+    yes_no_bias: float = 1.549
+    yes_no_model: float = 1.244
+    yes_no_prior: float = -1.244
     yes_no_negation: float = 0.0
     yes_no_missing: float = 0.0
     yes_no_undecided_margin: float = 0.0
     yes_no_overlap: float = 0.0
+    yes_no_evidence: str = "two"
+    yes_no_few_shot: bool = True
     max_sentences: int = 3
     mmr_lambda: float = 0.7
     sentence_max_drop: float = 0.25

@@ -52,19 +52,19 @@ def test_yes_no_answer_leads_with_the_calibrated_verdict_and_cites_the_sentence(
     # raw log-odds favour No (-0.5) but the model says No even more without evidence (-2.0):
     # calibrated, the evidence moves it towards Yes
     gen = _YesNoLM(with_source=-0.5, prior=-2.0)
-    a = ga(gen).answer(q, hits)
+    a = ga(gen, yes_no_bias=0.0, yes_no_model=1.0, yes_no_prior=-1.0).answer(q, hits)
     assert a.kind == "yes_no" and a.short == "Yes"
     assert a.text.startswith("Yes. ") and a.text.endswith("[1]")
     assert "commercial applications" in a.text
     assert a.citations[0].chunk_id == 301 and a.citations[0].quote in LICENSE
     assert sorted(gen.prompts) == ["null", "source"]
     # without calibration (prior weight 0) the raw log-odds decide: No
-    b = ga(_YesNoLM(-0.5, -2.0), yes_no_prior=0.0).answer(q, hits)
+    b = ga(_YesNoLM(-0.5, -2.0), yes_no_bias=0.0, yes_no_model=1.0, yes_no_prior=0.0).answer(q, hits)
     assert b.short == "No" and b.text.startswith("No. ")
 
 
 def test_yes_no_undecided_within_the_margin():
-    a = ga(_YesNoLM(0.2, 0.0), yes_no_undecided_margin=0.5).answer("Is zlib free to use in commercial software?",
+    a = ga(_YesNoLM(0.2, 0.0), yes_no_bias=0.0, yes_no_undecided_margin=0.5).answer("Is zlib free to use in commercial software?",
                                                                     hits_of(LICENSE))
     assert a.text.startswith(UNDECIDED_TEXT) and a.short == "" and a.citations
 

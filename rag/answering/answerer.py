@@ -91,6 +91,8 @@ class GroundedAnswerer:
                 raise ValueError(f"unknown answerer setting {k!r}")
             changes[k] = v
         self.answer_config = dataclasses.replace(ac, **changes)
+        if self.answer_config.yes_no_evidence not in ("sentence", "two", "chunk"):
+            raise ValueError(f"answer.yes_no_evidence must be sentence, two or chunk, not {self.answer_config.yes_no_evidence!r}")
         self._cache: dict[str, np.ndarray] = {}
         if mode == "auto":
             if isinstance(generator, ExtractiveGenerator):
@@ -246,11 +248,19 @@ class GroundedAnswerer:
 
     def _yes_no(self, question: str, hits: Sequence[Hit], ev: Evidence) -> Answer:
         best = ev.sentences[0]
+        a = self.answer_config
         chunk = best.hit.chunk
+        if a.yes_no_evidence == "chunk":
+            source = chunk.text
+        elif a.yes_no_evidence == "two":  # the best two sentences of the best chunk, in order
+            same = sorted([s for s in ev.sentences if s.n == best.n][:2], key=lambda s: s.start)
+            source = " ".join(s.text for s in same)
+        else:
+            source = best.text
         lex = ev.chunk_lexical[best.n - 1] if ev.chunk_lexical else ev.best_lexical
         w = self.verdict_weights
-        f = verdict_features(self.generator, question, chunk.text, [best.text], 1.0 - lex, use_prior=w.prior != 0.0,
-                             overlap=best.overlap)
+        f = verdict_features(self.generator, question, source, [best.text], 1.0 - lex, use_prior=w.prior != 0.0,
+                             overlap=best.overlap, few_shot=a.yes_no_few_shot)
         label, p_yes = decide(f, w)
         lead = {"yes": "Yes.", "no": "No."}.get(label or "", UNDECIDED_TEXT)
         ans = self._sentences(question, "yes_no", hits, ev, [best], lead=lead, short=(label or "").capitalize())

@@ -77,11 +77,12 @@ class VerdictFeatures:
                 + w.missing * self.missing + w.overlap * self.overlap)
 
 
-def yes_no_messages(question: str, source: str) -> list[dict[str, str]]:
-    """The verdict prompt: system, :data:`YES_NO_FEW_SHOT`, then ``source`` and the question."""
+def yes_no_messages(question: str, source: str, few_shot: bool = True) -> list[dict[str, str]]:
+    """The verdict prompt: system, :data:`YES_NO_FEW_SHOT` (with ``few_shot``), then
+    ``source`` and the question."""
     return [
         {"role": "system", "content": YES_NO_SYSTEM},
-        *YES_NO_FEW_SHOT,
+        *(YES_NO_FEW_SHOT if few_shot else []),
         {"role": "user", "content": f"Source:\n{' '.join(source.split())}\n\nQuestion: {question.strip()}"},
     ]
 
@@ -99,11 +100,11 @@ def negation_cues(question: str, sentences: list[str]) -> int:
 
 
 def verdict_features(generator, question: str, source: str, sentences: list[str], missing: float,
-                     use_prior: bool = True, overlap: float = 0.0) -> VerdictFeatures:
+                     use_prior: bool = True, overlap: float = 0.0, few_shot: bool = True) -> VerdictFeatures:
     """Score ``question`` against ``source`` (and, with ``use_prior``, against "N/A"). Model
-    cost: two short prefills (the shared few-shot prefix is cached)."""
-    m = _log_odds(generator, yes_no_messages(question, source))
-    m0 = _log_odds(generator, yes_no_messages(question, NULL_SOURCE)) if use_prior else 0.0
+    cost: two short prefills (the shared system/few-shot prefix is cached)."""
+    m = _log_odds(generator, yes_no_messages(question, source, few_shot))
+    m0 = _log_odds(generator, yes_no_messages(question, NULL_SOURCE, few_shot)) if use_prior else 0.0
     return VerdictFeatures(m, m0, negation_cues(question, sentences), float(missing), float(overlap))
 
 
