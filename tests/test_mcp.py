@@ -233,3 +233,11 @@ def test_without_the_mcp_extra_rag_mcp_fails_in_one_line(tmp_path):
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rag: error: ") and "pip install 'rag[mcp]'" in lines[0], out.stderr
+
+
+def test_rag_mcp_on_a_missing_index_fails_in_one_line_before_serving(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rag", "mcp", "--index", str(tmp_path / "none")], capture_output=True,
+                         text=True, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rag: error: {tmp_path / 'none'}: "), out.stderr
