@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from functools import lru_cache
 from typing import Any, Mapping
 
 from ...config import BM25Config
@@ -60,9 +61,12 @@ class TermWeighter:
 
     @classmethod
     def from_settings(cls, bm25: Mapping[str, Any] | BM25Config | None, avgdl: float) -> "TermWeighter":
-        if isinstance(bm25, BM25Config):
-            return cls(bm25, avgdl)
-        return cls(BM25Config(**dict(bm25 or {})), avgdl)
+        """A shared weighter for these settings (cached: the stem cache survives leases)."""
+        import json
+        from dataclasses import asdict
+
+        d = asdict(bm25) if isinstance(bm25, BM25Config) else dict(bm25 or {})
+        return _cached(json.dumps(d, sort_keys=True, default=str), float(avgdl))
 
     def length(self, text: str) -> int:
         """Number of BM25 terms of ``text`` (its ``dl``)."""
@@ -106,3 +110,10 @@ class TermWeighter:
             by_id[term_id(t)] += c
         ids = sorted(by_id)
         return ids, [float(by_id[i]) for i in ids]
+
+
+@lru_cache(maxsize=16)
+def _cached(settings_json: str, avgdl: float) -> TermWeighter:
+    import json
+
+    return TermWeighter(BM25Config(**json.loads(settings_json)), avgdl)
