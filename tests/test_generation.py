@@ -192,3 +192,63 @@ def test_smollm2_packed_scoring_equals_padded_batches(smollm2):
         gen_mod.PACK_MAX_TOKENS = old
     for p, q in zip(split, padded):
         assert p[1] == pytest.approx(q[1], abs=1e-4) and p[2] == pytest.approx(q[2], abs=1e-4)
+
+
+def test_derived_copy_is_keyed_by_the_source_file(tmp_path, monkeypatch):
+    """A replaced or touched GGUF maps to a new derived folder; an incomplete folder (no marker)
+    is never used."""
+    import os
+
+    from rag.generation.derived import MARKER, derived_folder, find_derived
+
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 4096)
+    first = derived_folder(src)
+    assert first.parent == tmp_path / "cache" / "generator" and first.name.startswith("m-")
+    first.mkdir(parents=True)
+    (first / "model.safetensors").write_bytes(b"x")
+    assert find_derived(src) is None  # no marker: a crash mid-write, never used
+    (first / MARKER).write_text("{}")
+    assert find_derived(src) == first
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert derived_folder(src) != first and find_derived(src) is None  # the source changed: rebuild
+
+
+@pytest.mark.slow
+def test_derived_float32_copy_matches_the_gguf_and_is_rebuilt_when_it_changes(tmp_path, monkeypatch):
+    """First load of a GGUF writes the float32 copy; a new generator loads the copy, whose
+    log-probabilities equal the GGUF-loaded model's; touching the GGUF makes a new copy."""
+    import json
+    import os
+    import shutil
+
+    import torch
+
+    from rag.generation import default_generator_path
+    from rag.generation.derived import MARKER, derive, find_derived
+
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+    folder, name = default_generator_path()
+    src = tmp_path / name
+    shutil.copy(os.path.join(folder, name), src)
+    first = TransformersGenerator(str(src))
+    first._load()  # the GGUF path (20-50 s), which writes the copy
+    copy_dir = find_derived(src)
+    assert copy_dir is not None and json.loads((copy_dir / MARKER).read_text())["max_logprob_diff"] <= 1e-4
+    second = TransformersGenerator(str(src))
+    second._load()
+    assert second._derived == str(copy_dir)
+    ids = torch.tensor([second.tokenizer(second.render(MSGS), add_special_tokens=False)["input_ids"]])
+    assert ids.tolist() == [first.tokenizer(first.render(MSGS), add_special_tokens=False)["input_ids"]]
+    with torch.inference_mode():
+        a = torch.log_softmax(first.model(input_ids=ids).logits.float(), dim=-1)
+        b = torch.log_softmax(second.model(input_ids=ids).logits.float(), dim=-1)
+    assert float((a - b).abs().max()) <= 1e-4
+    assert second.generate(MSGS, GenerationOptions(max_new_tokens=12)) == first.generate(MSGS, GenerationOptions(max_new_tokens=12))
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert find_derived(src) is None
+    rebuilt = derive(first.model, first.tokenizer, src)  # what the next GGUF load does
+    assert rebuilt is not None and rebuilt != copy_dir and find_derived(src) == rebuilt

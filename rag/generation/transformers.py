@@ -101,6 +101,7 @@ class TransformersGenerator:
         self._run_lock = threading.Lock()
         self._prompt_cache: tuple[list[int], object] | None = None
         self._packing: bool | None = None  # None: not yet checked on this model
+        self._derived: str | None = None  # the cached float32 copy this model was loaded from
 
     # -- loading -------------------------------------------------------------------------
     def _resolve(self) -> tuple[str, str | None]:
@@ -135,7 +136,11 @@ class TransformersGenerator:
 
                 derived = find_derived(source_gguf)
                 if derived is not None:  # the cached float32 copy: seconds instead of 20 s
+                    from .derived import read_packing
+
                     path, gguf = str(derived), None
+                    self._derived = path
+                    self._packing = read_packing(derived)  # checked once per machine, not per process
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             set_torch_threads()
@@ -366,8 +371,9 @@ class TransformersGenerator:
         and no copy of the prompt cache per text: 2.1x faster than the padded batch for 12
         texts of 5-15 tokens after a 430-token prompt (0.66 vs 1.36 s, SmolLM2-135M, 2 cores).
 
-        On the model's first call the first pack is also scored as a padded batch; packing is
-        kept only if the two agree within ``PACK_CHECK_TOLERANCE`` (models whose attention
+        On the model's first call the first pack is also scored as a padded batch (for the cached
+        float32 copy, once per machine and library versions: :data:`rag.generation.derived.PACKING_FILE`);
+        packing is kept only if the two agree within ``PACK_CHECK_TOLERANCE`` (models whose attention
         ignores a custom 4-D mask fail this). Fills ``results``; returns the indexes left to
         score the padded way (all of them when packing is off or fails)."""
         import torch
@@ -409,6 +415,10 @@ class TransformersGenerator:
                 ref = self._score_padded(past, n_p, [enc[i] for i in pack], last_logp, end_id)
                 diff = max(abs(a - b) for r1, r2 in zip(rows, ref) for a, b in zip(r1[1] + r1[2], r2[1] + r2[2]))
                 self._packing = diff <= PACK_CHECK_TOLERANCE
+                if self._derived is not None:
+                    from .derived import write_packing
+
+                    write_packing(self._derived, self._packing, diff)
                 if not self._packing:
                     log.info("packed scoring differs from padded by %.3g nats on %s; using padded batches", diff, self.name)
                     for i, row in zip(pack, ref):

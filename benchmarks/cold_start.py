@@ -1,0 +1,88 @@
+"""Cold start: a new `rag ask` / `rag search` process on the demo index, timed from process start.
+
+For each command, one untimed priming run (it makes the derived model files if this machine has
+none yet: the ONNX embedder graphs, the generator's float32 copy), then ``--runs`` timed runs.
+``rag ask``: seconds from spawning the process to the first byte of the answer on stdout (the
+CLI streams answer pieces as they are decoded, so this is time to first answer token) and to
+exit; ``rag search``: seconds to exit (all output written). Peak RSS is the process's maximum
+resident set (``wait4`` rusage, the same figure as ``/usr/bin/time -v``), in MB. Prints a
+Markdown table with median and max.
+
+    .venv/bin/rag ingest corpora --index indexes/demo     # once (make demo does it)
+    .venv/bin/python benchmarks/cold_start.py [--runs 5] [--index indexes/demo]
+
+Wall-clock figures depend on what else the machine is doing: say how loaded it was next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RAG = ROOT / ".venv" / "bin" / "rag"
+
+
+def run_once(cmd: list[str]) -> tuple[float, float, float, int, str]:
+    """(seconds to first stdout byte, seconds to exit, peak RSS MB, exit code, stdout text)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)
+    t_first = time.perf_counter() - t0
+    rest = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    t_exit = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return t_first, t_exit, usage.ru_maxrss / 1024, proc.returncode, (first + rest).decode("utf-8", "replace")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--index", default="indexes/demo")
+    ap.add_argument("--question", default="Who wrote zlib?")
+    ap.add_argument("--query", default="adler-32 checksum")
+    args = ap.parse_args()
+    if not (ROOT / args.index / "manifest.json").exists():
+        print(f"{args.index}: no index (build it: .venv/bin/rag ingest corpora --index {args.index})", file=sys.stderr)
+        return 1
+    cases = [("rag ask", [str(RAG), "ask", args.question, "--index", args.index], True),
+             ("rag search", [str(RAG), "search", args.query, "--index", args.index], False)]
+    rows = []
+    for name, cmd, to_first in cases:
+        prime = run_once(cmd)
+        if prime[3] != 0:
+            print(f"{name}: exit code {prime[3]}:\n{prime[4][-500:]}", file=sys.stderr)
+            return 1
+        firsts, exits, rss = [], [], []
+        for _ in range(args.runs):
+            t_first, t_exit, mb, code, out = run_once(cmd)
+            if code != 0:
+                print(f"{name}: exit code {code}", file=sys.stderr)
+                return 1
+            firsts.append(t_first)
+            exits.append(t_exit)
+            rss.append(mb)
+        rows.append((name, firsts if to_first else exits, exits, rss, out.strip().splitlines()[0][:70]))
+        print(f"{name}: priming run {prime[1]:.1f} s; timed: " + ", ".join(f"{x:.2f}" for x in rows[-1][1]), file=sys.stderr)
+    load = os.getloadavg()[0]
+    print(f"{args.runs} cold runs each on {args.index} (1-minute load average at the end: {load:.1f} on "
+          f"{os.cpu_count()} cores)\n")
+    print("| command | measured to | median s | max s | to exit, median s | peak RSS median MB | max MB | first line of output |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, main_t, exits, rss, first_line in rows:
+        to = "first answer token" if name == "rag ask" else "output complete"
+        print(f"| `{name}` | {to} | {statistics.median(main_t):.2f} | {max(main_t):.2f} | {statistics.median(exits):.2f} | "
+              f"{statistics.median(rss):.0f} | {max(rss):.0f} | {first_line} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Embedder: ONNX Runtime batches keep input order and ignore padding; document vectors agree
+with PyTorch's (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rag.config import EmbeddingConfig
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """An OnnxEncoder over a hand-built graph (last_hidden_state = table[input_ids] * mask, so a
+    padding position that leaked into the mean would change the vector) and a word-level
+    tokenizer with [CLS]/[SEP]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from rag.onnx_embedding import OnnxEncoder
+
+    d = tmp_path_factory.mktemp("tiny")
+    words = [f"w{i}" for i in range(40)]
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(d / "tokenizer.json"))
+    table = np.random.default_rng(0).normal(size=(len(vocab), 8)).astype(np.float32)
+    table[0] = 100.0  # padding rows would dominate any mean they entered
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis"], ["mask3"]),
+        helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
+        helper.make_node("Add", ["masked", "zero_types"], ["last_hidden_state"]),
+        helper.make_node("Cast", ["token_type_ids"], ["typesf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["typesf"], ["types_sum"], keepdims=0),
+        helper.make_node("Mul", ["types_sum", "zero"], ["zero_types"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"]) for n in ("input_ids", "attention_mask", "token_type_ids")],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "tokens", 8])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2], dtype=np.int64), "axis"),
+         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(d / "tiny.onnx"))
+    return OnnxEncoder(d / "tiny.onnx", d / "tokenizer.json", max_seq_length=12, normalize=True), table, vocab
+
+
+def test_length_sorted_batches_return_vectors_in_input_order(tiny_encoder):
+    enc, table, vocab = tiny_encoder
+    rng = np.random.default_rng(1)
+    texts = [" ".join(f"w{int(j)}" for j in rng.integers(0, 40, size=int(n))) for n in rng.integers(1, 20, size=37)]
+    got = enc.encode_batch(texts, batch_size=5)
+    assert got.shape == (37, 8) and got.dtype == np.float32
+    for i, t in enumerate(texts):
+        ids = [2] + [vocab[w] for w in t.split()][:10] + [3]  # truncated at 12 with [CLS]/[SEP]
+        v = table[ids].mean(axis=0)
+        assert np.allclose(got[i], v / np.linalg.norm(v), atol=1e-5), i
+        assert np.allclose(got[i], enc.encode(t), atol=1e-5)
+    assert enc.encode_batch([], batch_size=5).shape == (0, 8)
+
+
+@pytest.mark.slow
+def test_onnx_document_vectors_match_pytorch(shared_data):
+    import json
+
+    from rag.embedding import SentenceTransformerEmbedder
+
+    lines = (shared_data / "beir-scifact" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    texts = [json.loads(x)["title"] + "\n" + json.loads(x)["text"] for x in lines] + ["short", "a b c"]
+    torch_emb = SentenceTransformerEmbedder(EmbeddingConfig(document_backend="torch"))
+    ref = torch_emb.embed_documents(texts)
+    fp32 = SentenceTransformerEmbedder(EmbeddingConfig(document_backend="onnx-fp32"))
+    int8 = SentenceTransformerEmbedder(EmbeddingConfig(document_backend="onnx-int8"))
+    assert fp32.document_backend == "onnx-fp32" and int8.document_backend == "onnx-int8"
+    v32, v8 = fp32.embed_documents(texts), int8.embed_documents(texts)
+    assert v32.shape == v8.shape == (42, 384) and v32.dtype == v8.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v8, axis=1), 1.0, atol=1e-5)
+    assert (ref * v32).sum(axis=1).min() >= 0.999
+    assert (ref * v8).sum(axis=1).min() >= 0.97 and (ref * v8).sum(axis=1).mean() >= 0.99
+    # short texts and queries take the fp32 encoder, whatever the document backend
+    assert np.allclose(int8.embed_queries(texts[:3]), v32[:3], atol=1e-5)
+    assert np.allclose(int8.embed_query(texts[0]), v32[0], atol=1e-5)
+    assert int8._model is None  # graphs came from the cache: no PyTorch model loaded
