@@ -167,12 +167,17 @@ def compile_view(flt: Filter) -> list:
 
 
 def compile_chunk_only(flt: Filter) -> list:
-    """Conditions on chunk-level fields (``page``)."""
+    """Conditions on chunk-level fields (``page``), and the filter's exclusions
+    (``Filter.exclude``, when the seam has it: a chunk fails when its metadata, the chunk's over
+    its document's, equals any listed value of a key)."""
     m = _m()
+    out = []
     values = flt.values_for("page")
-    if values is None:
-        return []
-    return [m.Filter(should=[compile_value("page", v) for v in values])]
+    if values is not None:
+        out.append(m.Filter(should=[compile_value("page", v) for v in values]))
+    for key, vals in getattr(flt, "exclude", ()) or ():
+        out.append(m.Filter(must_not=[compile_value(key, v) for v in vals]))
+    return out
 
 
 def check_compilable(flt: Filter) -> None:
