@@ -122,6 +122,8 @@ index_option = click.option("--index", default=DEFAULT_INDEX, show_default=True,
 @click.option("--sync", is_flag=True, help="Also remove indexed files under PATHS that no longer exist.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact and near-duplicate documents and chunks.")
 @click.option("--acl", multiple=True, help="Access group for every document of this run (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="Metadata for every document of this run, e.g. kind=synthetic (repeatable; see [retrieval] exclude_tags).")
 @click.option("--redact", default="", help="PII to replace before indexing: comma list of emails,phones,cards.")
 @click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
 @click.option("--id-field", default=None, help="Record id field for csv/jsonl/json.")
@@ -134,10 +136,17 @@ index_option = click.option("--index", default=DEFAULT_INDEX, show_default=True,
 @click.option("--embedder", default=None, help="Sentence-transformers folder or name (default: packaged all-MiniLM-L6-v2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def ingest(ctx, paths, index, include, exclude, hidden, sync, no_dedup, acl, redact, wait_s, id_field, title_field,
+def ingest(ctx, paths, index, include, exclude, hidden, sync, no_dedup, acl, tags, redact, wait_s, id_field, title_field,
            text_field, metadata_field, max_file_mb, chunk_size, chunk_overlap, embedder, as_json):
     """Load, chunk, deduplicate, embed and index PATHS (files or folders)."""
+    from .errors import ConfigError
     from .loaders import LoaderOptions
+    from .tags import parse_tags
+
+    try:
+        tag_map = parse_tags(tags)
+    except ConfigError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint="--tag") from None
 
     missing = [p for p in paths if not os.path.exists(p)]
     if missing and len(missing) == len(paths):  # nothing to ingest: fail before creating an index
@@ -157,7 +166,7 @@ def ingest(ctx, paths, index, include, exclude, hidden, sync, no_dedup, acl, red
     progress = _progress_bar() if (sys.stderr.isatty() and not as_json) else None
     try:
         report = rag.ingest(list(paths), sync=sync, acl=list(acl), redact=kinds, loader_options=opts, wait_s=wait_s,
-                            progress=progress)
+                            progress=progress, tags=tag_map)
     finally:
         if progress:
             progress.close()
@@ -402,6 +411,10 @@ def info(ctx, index, as_json):
         from .index.versions import disk_usage
 
         inf["generations_kept"] = disk_usage(index)
+    from .tags import tag_counts
+
+    with rag.lease() as reader:
+        inf["documents_by_tag"] = tag_counts(reader.documents())
     if as_json:
         _emit_json(inf)
         return
@@ -409,6 +422,8 @@ def info(ctx, index, as_json):
     click.echo(f"  files: {inf['files']}  documents: {inf['documents']}  chunks: {inf['chunks']}  "
                f"duplicate documents: {inf['duplicate_documents']}")
     click.echo("  documents by type: " + (", ".join(f"{k} {v}" for k, v in inf["documents_by_type"].items()) or "none"))
+    if inf["documents_by_tag"]:
+        click.echo("  documents by tag: " + ", ".join(f"{k} {v}" for k, v in inf["documents_by_tag"].items()))
     e = inf["embedder"]
     click.echo(f"  embedder: {e.get('name')} ({e.get('model_id')}, dim {e.get('dim')}); dense index: {inf['dense_index']}")
     click.echo("  size on disk: " + ", ".join(f"{k} {_human(v)}" for k, v in inf["sizes_bytes"].items())

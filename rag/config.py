@@ -97,6 +97,9 @@ class RetrievalConfig:
     reranker: str | None = None
     rerank_depth: int = 20
     ann_threshold: int = 50_000
+    exclude_tags: tuple[str, ...] = ()
+    """``["kind=synthetic"]``: documents with these tags are left out of search and ask unless
+    the request's own filter names the key (:mod:`rag.tags`)."""
 
 
 @dataclass

@@ -188,7 +188,9 @@ class QueryEngine:
         """One search under one lease: hits, timings, generation and the query vector.
         Raises ConfigError on an empty query, a bad ``top_k`` / mode / filter."""
         _check_question(query, "query")
-        flt = make_filter(filters, principals)
+        from .tags import with_exclusions
+
+        flt = with_exclusions(make_filter(filters, principals), self._config.retrieval.exclude_tags)
         t0 = time.perf_counter()
         with self.index.lease() as reader:
             self._check_embedder(reader)

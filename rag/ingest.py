@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import LoaderError
 from .index.backend import DocumentRecord, Duplicate, FileRecord, Index, source_glob, source_key, source_matches
+from .tags import apply_tags
 from .types import Chunk, Document, Section
 
 log = logging.getLogger("rag")
@@ -224,7 +225,7 @@ class Indexer:
     # ---- public -------------------------------------------------------------------------------
     def ingest(self, paths: Sequence[str | Path], *, sync: bool = False, acl: Sequence[str] = (),
                redact: Sequence[str] = (), loader_options=None, wait_s: float = 0.0,
-               progress: ProgressFn | None = None) -> IngestReport:
+               progress: ProgressFn | None = None, tags: Mapping[str, Any] | None = None) -> IngestReport:
         """See :meth:`rag.RAG.ingest`."""
         from .loaders import LoaderOptions, Skipped, iter_files, load_file
 
@@ -251,7 +252,7 @@ class Indexer:
                     continue
                 res = self._load_one(Path(item), opts, existing, seen, load_file, report)
                 if res is not None:
-                    loaded.append(res)
+                    loaded.append((res[0], apply_tags(res[1], tags)) if tags else res)  # rag.tags
             removed: list[str] = []
             if sync and base is not None:
                 roots = [source_key(p) for p in paths]

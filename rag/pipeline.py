@@ -175,16 +175,17 @@ class RAG:
 
     def ingest(self, paths: Sequence[str | Path], *, sync: bool = False, acl: Sequence[str] = (),
                redact: Sequence[str] = (), loader_options=None, wait_s: float = 0.0,
-               progress: ProgressFn | None = None) -> IngestReport:
+               progress: ProgressFn | None = None, tags: Mapping[str, Any] | None = None) -> IngestReport:
         """Load, chunk, deduplicate, embed and index ``paths`` (files or folders, recursively).
 
         Incremental (unchanged sha256: skipped; embeddings cached by text). ``sync=True`` also
         removes indexed files under ``paths`` that no longer exist; ``acl``: access groups for
-        this run's documents; ``redact``: PII kinds replaced before chunking. All or nothing;
+        this run's documents; ``redact``: PII kinds replaced before chunking; ``tags``:
+        ``{"kind": "synthetic"}`` metadata on this run's documents (:mod:`rag.tags`). All or nothing;
         bad files are skipped and reported. Raises IndexLockedError past ``wait_s`` seconds.
         """
         return self._indexer().ingest(paths, sync=sync, acl=acl, redact=redact, loader_options=loader_options,
-                                      wait_s=wait_s, progress=progress)
+                                      wait_s=wait_s, progress=progress, tags=tags)
 
     def delete(self, sources: Sequence[str], *, wait_s: float = 0.0) -> IngestReport:
         """Remove the documents of the given sources (paths or globs; a folder removes all below

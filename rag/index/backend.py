@@ -176,6 +176,9 @@ class Filter:
     - ``fields``: ``((key, (value, ...)), ...)`` sorted by key; a chunk passes when, for EVERY
       key, its value equals ANY of the values (:func:`value_matches`). Keys are metadata names
       or one of :data:`SPECIAL_FILTER_KEYS` other than ``source``.
+    - ``exclude``: ``((key, (value, ...)), ...)`` like ``fields``; a chunk FAILS when its
+      document's metadata value for a key equals any listed value (``[retrieval]
+      exclude_tags``, :mod:`rag.tags`). Empty: nothing excluded.
     - ``principals``: the caller's access groups. A document with access groups is visible
       only to callers sharing one; documents without groups are public. ``()`` sees public
       documents only. ``None`` means NO access control and is for trusted local callers only
@@ -189,12 +192,14 @@ class Filter:
     sources: tuple[str, ...] = ()
     fields: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     principals: tuple[str, ...] | None = None
+    exclude: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str) or not all(isinstance(s, str) for s in self.sources):
             raise ConfigError("filter sources must be a sequence of strings")
         object.__setattr__(self, "sources", tuple(self.sources))
         object.__setattr__(self, "fields", tuple(sorted((str(k), tuple(v)) for k, v in self.fields)))
+        object.__setattr__(self, "exclude", tuple(sorted((str(k), tuple(v)) for k, v in self.exclude)))
         for k, _ in self.fields:
             if k == "source":
                 raise ConfigError("filter key 'source' goes in Filter.sources")
@@ -229,7 +234,7 @@ class Filter:
     @property
     def unrestricted(self) -> bool:
         """True when this filter lets every chunk through (no patterns, fields or access control)."""
-        return not self.sources and not self.fields and self.principals is None
+        return not self.sources and not self.fields and self.principals is None and not self.exclude
 
     def values_for(self, key: str) -> tuple[Any, ...] | None:
         """The wanted values of ``key``, or None when the filter does not test it."""
@@ -247,13 +252,15 @@ class Filter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": list(self.sources), "fields": {k: list(v) for k, v in self.fields},
-                "principals": None if self.principals is None else list(self.principals)}
+                "principals": None if self.principals is None else list(self.principals),
+                "exclude": {k: list(v) for k, v in self.exclude}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Filter":
         return cls(sources=tuple(d.get("sources") or ()),
                    fields=tuple((k, tuple(v)) for k, v in (d.get("fields") or {}).items()),
-                   principals=None if d.get("principals") is None else tuple(d["principals"]))
+                   principals=None if d.get("principals") is None else tuple(d["principals"]),
+                   exclude=tuple((k, tuple(v)) for k, v in (d.get("exclude") or {}).items()))
 
 
 TRUSTED = Filter()

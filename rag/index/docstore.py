@@ -309,6 +309,11 @@ class DocStore:
                         ors.append(f"{col} = ?")
                         params += cp + [int(v) if isinstance(v, bool) else v]
                 where.append("(" + " OR ".join(ors) + ")")
+            for key, values in flt.exclude:  # rag.tags: a document with one of these values fails
+                path = "$." + json.dumps(str(key))
+                col = f"json_extract({x}.metadata, ?)"
+                where.append(f"({col} IS NULL OR {col} NOT IN ({','.join('?' * len(values))}))")
+                params += [path, path] + [int(v) if isinstance(v, bool) else v for v in values]
             if flt.principals is not None:
                 groups = list(flt.principals)
                 cond = f"NOT EXISTS (SELECT 1 FROM doc_acl a WHERE a.doc_id = {x}.id)"
