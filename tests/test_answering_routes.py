@@ -152,3 +152,14 @@ def test_answer_config_from_rag_config_and_overrides():
 
     with pytest.raises(ValueError, match="unknown answerer setting"):
         GroundedAnswerer(ExtractiveGenerator(), HashEmbedder(256), None, no_such_knob=1)
+
+
+def test_factoid_from_a_heading_line_answers_with_the_span_alone():
+    from test_answering import _SpanLM
+
+    text = "PEP: 20\nTitle: The Zen of Python\nAuthor: Tim Peters"
+    cond = {"Tim Peters": -0.1}
+    g = ga(_SpanLM(cond, {}), span_pmi_weight=0.0, span_proximity_weight=0.0, length_bonus=0.0)
+    a = g.answer("Who wrote the Zen of Python?", hits_of(text))
+    assert a.short == "Tim Peters" and a.text == "Tim Peters [1]"
+    assert a.citations[0].quote == text  # the citation still shows where it comes from

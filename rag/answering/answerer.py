@@ -39,7 +39,7 @@ from ..types import Answer, AnswerSentence, Citation, Hit
 from .evidence import Evidence, EvidenceSentence, answer_type, collect_evidence, should_abstain
 from .grounding import check_answer
 from .routing import route
-from .selection import select_sentences
+from .selection import is_whole_sentence, select_sentences
 from .spans import SpanResult, SpanSettings, candidate_spans, score_spans
 from .verdict import VerdictWeights, decide, verdict_features
 
@@ -275,16 +275,18 @@ class GroundedAnswerer:
         if span.margin < self.answer_config.span_sure_margin or len(span.text.split()) >= SPAN_OF_SENTENCE * sent_words:
             ans = self._sentences(question, "factoid", hits, ev, [best], short=span.text)
         else:
-            ans = self._span_answer(question, hits, span)
+            ans = self._span_answer(question, hits, span, with_sentence=is_whole_sentence(best.text))
         return _replace(ans, timings={"span_logprob": span.score, "span_margin": span.margin})
 
-    def _span_answer(self, question: str, hits: Sequence[Hit], span: SpanResult) -> Answer:
-        """"<span>: <sentence> [n]": the short answer, then the sentence it was copied from."""
+    def _span_answer(self, question: str, hits: Sequence[Hit], span: SpanResult, with_sentence: bool = True) -> Answer:
+        """"<span> — <sentence> [n]": the short answer, then the sentence it was copied from
+        (the span alone when that "sentence" is a heading, a table row or a cut chunk edge,
+        which would not help the reader; the citation still quotes it)."""
         s = span.sentence
-        body = " ".join(s.text.split())
-        text = f"{span.text} — {body} [{s.n}]"
+        body = f"{span.text} — {' '.join(s.text.split())}" if with_sentence else span.text
+        text = f"{body} [{s.n}]"
         cit = make_citation(s.n, s.hit, (s.start, s.end))
-        sents = (AnswerSentence(text=f"{span.text} — {body}", supported=True, citations=(s.n,), support_score=s.support),)
+        sents = (AnswerSentence(text=body, supported=True, citations=(s.n,), support_score=s.support),)
         return Answer(question=question, text=text, citations=(cit,), hits=tuple(hits), sentences=sents, kind="factoid",
                       short=span.text)
 
