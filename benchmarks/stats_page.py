@@ -1,7 +1,7 @@
 """Screenshot of the `rag stats --html` page for the README (benchmarks/results/stats_page.png).
 
 Builds the 30-question scenario of tests/ops_scenario.py (3 users, 6 sessions, mini corpus,
-hash-64 embedder, extractive generator) in a temporary folder, spreads alice's sessions over
+testing:hash-64 embedder, extractive generator) in a temporary folder, spreads alice's sessions over
 the previous days, writes the page with `rag stats --html` and photographs it in headless
 Chromium (selenium + /usr/bin/chromedriver).
 
