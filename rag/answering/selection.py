@@ -22,14 +22,15 @@ _PRONOUN_START = re.compile(r"^(?:it|its|this|these|that|those|they|their|he|she
 
 
 def is_whole_sentence(text: str) -> bool:
-    """True for a readable sentence: at least 4 words, opens with a capital, digit, quote or
-    bracket, ends with terminal punctuation (a heading, table row or cut chunk edge is not)."""
+    """True for a readable answer sentence: at least 4 words, opens with a capital, digit,
+    quote or bracket, ends with "." or "!" (a heading, a question such as "What is a
+    Docstring?", a table row or a cut chunk edge is not)."""
     t = text.strip()
     if len(t.split()) < 4 or "\n\n" in t:
         return False
     if not (t[0].isupper() or t[0].isdigit() or t[0] in "\"'“‘(`*"):
         return False
-    return bool(re.search(r"[.!?][\"'”’)\]]*$", t))
+    return bool(re.search(r"[.!][\"'”’)\]]*$", t))
 
 
 def select_sentences(ev: Evidence, max_sentences: int = 3, lam: float = 0.7, max_drop: float = 0.25) -> list[EvidenceSentence]:
