@@ -222,3 +222,17 @@ def test_engine_rrf_equals_our_rrf(mini_corpus, tmp_path):
         assert_same_hits(a, b, q)
         assert all(h.dense_rank is None for h in b)  # per-retriever ranks are not reported by the engine
     env.close()
+
+
+def test_exclusion_filter(backend, mini_corpus, tmp_path):
+    from rag.index.backend import Filter
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.move(str(mini_corpus / "http2.md"), extra / "http2.md")
+    backend.ingest(mini_corpus)
+    backend.ingest(extra, tags={"kind": "synthetic"})
+    q = "HTTP/2 streams frames"
+    assert any("extra" in h.chunk.source for h in backend.search(q, top_k=50))
+    kept = backend.search(q, top_k=50, filters=Filter(exclude=(("kind", ("synthetic",)),)))
+    assert kept and all("extra" not in h.chunk.source for h in kept)

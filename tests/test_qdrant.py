@@ -149,6 +149,8 @@ def test_filters_on_the_collection(tmp_path):
     assert sources(Filter(fields=(("type", ("text",)),), principals=("other",))) == ["/x/a.md", "/y/c.tar.gz"]
     assert sources(Filter(fields=(("type", ("pdf",)),))) == []
     assert sources(Filter(fields=(("doc_id", ("/y/c.tar.gz",)),))) == ["/y/c.tar.gz"]
+    assert sources(Filter(exclude=(("type", ("text",)),))) == []
+    assert sources(Filter(exclude=(("type", ("pdf", "md")),))) == ["/x/a.md", "/x/sub/b.txt", "/y/c.tar.gz"]
     with ix.lease() as r, pytest.raises(ConfigError, match="cannot be compiled"):
         r.sparse_search("checksum", 5, Filter(sources=("/x/?.md",)))
     with ix.lease() as r, pytest.raises(ConfigError, match="glob values"):
