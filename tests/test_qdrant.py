@@ -260,3 +260,28 @@ def test_real_server():
         for c in (coll, f"{coll}-records", f"{coll}-lock"):
             with __import__("contextlib").suppress(Exception):
                 ix.client("delete_collection", c)
+
+
+def test_lock_of_another_host_expires(tmp_path):
+    import time
+
+    from qdrant_client import models as qm
+
+    ix = open_qdrant(f"qdrant+local:{tmp_path / 'q'}")
+    _write(ix, {"/d/a.txt": ["alpha"]})
+
+    def foreign_lock(expires: float) -> None:
+        ix.client("create_collection", ix.lock_name, vectors_config={})
+        ix.client("upsert", ix.lock_name, points=[qm.PointStruct(id=0, vector={}, payload={
+            "host": "another-machine", "pid": 1, "expires": expires})], wait=True)
+
+    foreign_lock(time.time() + 600)
+    with pytest.raises(IndexLockedError, match="pid 1 on another-machine"):
+        with ix.writer():
+            pass
+    ix.client("delete_collection", ix.lock_name)
+    foreign_lock(time.time() - 1)  # its heartbeat stopped: taken over
+    _write(ix, {"/d/b.txt": ["beta"]})
+    with ix.lease() as r:
+        assert r.generation == 2 and r.counts.chunks == 2
+    assert not ix.client("collection_exists", ix.lock_name)

@@ -15,8 +15,9 @@ points with ``g_add > G`` from its results instead.
 
 The writer lock is the collection ``C-lock``: creating a collection is atomic on a server and
 fails when it exists, so two writers cannot both hold it. Its one point names the owner (host,
-pid) and an expiry refreshed on every write; an expired lock, or one whose owner process on
-this host is dead, is taken over (with a log line).
+pid) and an expiry that a heartbeat thread refreshes every ``lock_ttl_s / 3`` while the lock is
+held; a lock whose owner process on this host is dead, or (another host) whose expiry passed,
+is taken over (with a log line).
 """
 
 from __future__ import annotations
@@ -294,9 +295,7 @@ class QdrantIndex:
     def _holder_gone(h: Mapping[str, Any]) -> bool:
         if not h:
             return True  # created but never written: its creator died at once (or is just starting)
-        if float(h.get("expires", 0)) < time.time():
-            return True
-        if h.get("host") == socket.gethostname():
+        if h.get("host") == socket.gethostname():  # this host: the process itself tells
             pid = int(h.get("pid", 0))
             if pid == os.getpid():
                 return False
@@ -306,7 +305,8 @@ class QdrantIndex:
                 return True
             except PermissionError:
                 return False
-        return False
+            return False
+        return float(h.get("expires", 0)) < time.time()  # another host: its heartbeat stopped
 
     def refresh_lock(self) -> None:
         from qdrant_client import models as m
@@ -342,10 +342,22 @@ class QdrantIndex:
                     raise IndexLockedError(f"{self.loc}: another ingest ({who}) is writing this collection; "
                                            f"waited {wait_s:g} s (use --wait SECONDS to wait longer)") from None
                 time.sleep(0.5)
+        stop = threading.Event()
+
+        def heartbeat() -> None:  # keeps the lock while the holder embeds for a long time
+            while not stop.wait(float(self.store.lock_ttl_s) / 3):
+                try:
+                    self.refresh_lock()
+                except RagError as e:
+                    log.warning("%s: could not refresh the writer lock: %s", self.loc, e)
+
         try:
             self.refresh_lock()
+            beat = threading.Thread(target=heartbeat, name="rag-qdrant-lock", daemon=True)
+            beat.start()
             yield
         finally:
+            stop.set()
             with contextlib.suppress(RagError):
                 self.client("delete_collection", self.lock_name)
 
