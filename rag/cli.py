@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from . import cli_ops as _ops  # operating commands and options (click only at import)
+
 DEFAULT_INDEX = "indexes/default"
 
 
@@ -122,8 +124,7 @@ index_option = click.option("--index", default=DEFAULT_INDEX, show_default=True,
 @click.option("--sync", is_flag=True, help="Also remove indexed files under PATHS that no longer exist.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact and near-duplicate documents and chunks.")
 @click.option("--acl", multiple=True, help="Access group for every document of this run (repeatable).")
-@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
-              help="Metadata for every document of this run, e.g. kind=synthetic (repeatable; see [retrieval] exclude_tags).")
+@_ops.tag_option
 @click.option("--redact", default="", help="PII to replace before indexing: comma list of emails,phones,cards.")
 @click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, help="Seconds to wait for another writer.")
 @click.option("--id-field", default=None, help="Record id field for csv/jsonl/json.")
@@ -139,14 +140,9 @@ index_option = click.option("--index", default=DEFAULT_INDEX, show_default=True,
 def ingest(ctx, paths, index, include, exclude, hidden, sync, no_dedup, acl, tags, redact, wait_s, id_field, title_field,
            text_field, metadata_field, max_file_mb, chunk_size, chunk_overlap, embedder, as_json):
     """Load, chunk, deduplicate, embed and index PATHS (files or folders)."""
-    from .errors import ConfigError
     from .loaders import LoaderOptions
-    from .tags import parse_tags
 
-    try:
-        tag_map = parse_tags(tags)
-    except ConfigError as e:
-        raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint="--tag") from None
+    tag_map = _ops.parse_tag_option(tags)
 
     missing = [p for p in paths if not os.path.exists(p)]
     if missing and len(missing) == len(paths):  # nothing to ingest: fail before creating an index
@@ -321,12 +317,7 @@ def _with_generation(f):
 @_with_generation
 @click.option("--no-stream", is_flag=True, help="Print the answer only when complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print {question, answer, citations, hits, timings}.")
-@click.option("--user", "user_id", default=None, help="User id written to the answer's record.")
-@click.option("--session", "session_id", default=None, help="Record the answer as the next turn of this session.")
-@click.option("--records", "records_path", type=click.Path(dir_okay=False), default=None,
-              help="Conversation records file (default: config records.path, else <index>/records.sqlite).")
-@click.option("--no-record", is_flag=True, help="Do not write a conversation record.")
-@click.option("--at", "at_gen", type=int, default=None, help="Answer from kept generation GEN (see rag versions).")
+@_ops.record_options
 @click.pass_context
 def ask(ctx, question, index, top_k, filters, groups, generator, model, base_url, max_new_tokens, temperature, seed,
         no_stream, as_json, user_id, session_id, records_path, no_record, at_gen):
@@ -407,14 +398,7 @@ def info(ctx, index, as_json):
     """Show documents, chunks, sources by type, embedder, sizes on disk and last update."""
     rag = _open(ctx, index)
     inf = rag.info()
-    if os.path.isdir(index):  # a local index folder: its kept generations
-        from .index.versions import disk_usage
-
-        inf["generations_kept"] = disk_usage(index)
-    from .tags import tag_counts
-
-    with rag.lease() as reader:
-        inf["documents_by_tag"] = tag_counts(reader.documents())
+    inf.update(_ops.ops_info(rag, index))  # tags, kept generations
     if as_json:
         _emit_json(inf)
         return
@@ -422,16 +406,13 @@ def info(ctx, index, as_json):
     click.echo(f"  files: {inf['files']}  documents: {inf['documents']}  chunks: {inf['chunks']}  "
                f"duplicate documents: {inf['duplicate_documents']}")
     click.echo("  documents by type: " + (", ".join(f"{k} {v}" for k, v in inf["documents_by_type"].items()) or "none"))
-    if inf["documents_by_tag"]:
-        click.echo("  documents by tag: " + ", ".join(f"{k} {v}" for k, v in inf["documents_by_tag"].items()))
     e = inf["embedder"]
     click.echo(f"  embedder: {e.get('name')} ({e.get('model_id')}, dim {e.get('dim')}); dense index: {inf['dense_index']}")
     click.echo("  size on disk: " + ", ".join(f"{k} {_human(v)}" for k, v in inf["sizes_bytes"].items())
                + f"; total {_human(inf['total_bytes'])}")
     click.echo(f"  created {inf['created']}, last update {inf['updated']}")
-    if inf.get("generations_kept") is not None:
-        click.echo(f"  generations kept: {inf['generations_kept']['generations']} ({_human(inf['generations_kept']['bytes'])} "
-                   "on disk; rag versions lists them)")
+    for line in _ops.ops_info_lines(inf):
+        click.echo(line)
 
 
 def _human(n: int) -> str:
@@ -467,14 +448,10 @@ def delete(ctx, sources, index, wait_s, as_json):
 @click.pass_context
 def verify(ctx, index, at_gen):
     """Check every file's checksum and that docstore, FAISS and BM25 agree."""
+    from .index.versions import verify_generation
     from .pipeline import RAG
 
-    if at_gen is not None:
-        from .index.versions import verify_generation
-
-        res = verify_generation(index, at_gen)
-    else:
-        res = RAG(index).verify()
+    res = verify_generation(index, at_gen) if at_gen is not None else RAG(index).verify()
     click.echo(f"Index {res['index']} is consistent: generation {res['generation']}, {res['documents']} documents, "
                f"{res['chunks']} chunks.")
 
@@ -575,9 +552,7 @@ def mcp_cmd(ctx, index, groups, generator, model, base_url, max_new_tokens, temp
 
 
 # ---- operating: chat, feedback, history, stats (rag/cli_ops.py) ------------------------------
-from .cli_ops import register as _register_ops  # noqa: E402 - needs the helpers above
-
-_register_ops(cli)
+_ops.register(cli)  # needs the helpers above
 
 # ---- serve (rag/server/; FastAPI and uvicorn load only when it runs) --------------------------
 from .server.cli import serve as _serve  # noqa: E402

@@ -61,6 +61,62 @@ def record_cli_answer(ctx, rag, ans, *, user_id, session_id, records_path) -> di
         return None
 
 
+def record_options(f):
+    """``rag ask``'s --user, --session, --records, --no-record and --at options."""
+    for opt in reversed([
+        click.option("--user", "user_id", default=None, help="User id written to the answer's record."),
+        click.option("--session", "session_id", default=None, help="Record the answer as the next turn of this session."),
+        records_option,
+        click.option("--no-record", is_flag=True, help="Do not write a conversation record."),
+        click.option("--at", "at_gen", type=int, default=None, help="Answer from kept generation GEN (see rag versions)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+tag_option = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+                          help="Metadata for every document of this run, e.g. kind=synthetic (repeatable; "
+                               "see [retrieval] exclude_tags).")
+
+
+def parse_tag_option(tags) -> dict[str, Any]:
+    """``--tag`` values -> ``{key: value}`` (:func:`rag.tags.parse_tags`); a bad one is a usage error."""
+    from .errors import ConfigError
+    from .tags import parse_tags
+
+    try:
+        return parse_tags(tags)
+    except ConfigError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint="--tag") from None
+
+
+def ops_info(rag, index: str) -> dict[str, Any]:
+    """``rag info`` additions: ``documents_by_tag`` and, for a local folder, ``generations_kept``."""
+    import os
+
+    from .tags import tag_counts
+
+    out: dict[str, Any] = {}
+    with rag.lease() as reader:
+        out["documents_by_tag"] = tag_counts(reader.documents())
+    if os.path.isdir(index):
+        from .index.versions import disk_usage
+
+        out["generations_kept"] = disk_usage(index)
+    return out
+
+
+def ops_info_lines(inf: dict[str, Any]) -> list[str]:
+    """The text lines of :func:`ops_info`'s figures."""
+    lines = []
+    if inf.get("documents_by_tag"):
+        lines.append("  documents by tag: " + ", ".join(f"{k} {v}" for k, v in inf["documents_by_tag"].items()))
+    g = inf.get("generations_kept")
+    if g is not None:
+        lines.append(f"  generations kept: {g['generations']} ({_cli()._human(g['bytes'])} on disk; rag versions lists them)")
+    return lines
+
+
 def pin_generation(rag, at: int | None):
     """``--at GEN``: make ``rag`` read kept generation GEN (:func:`rag.index.versions.pin`)."""
     if at is None:
