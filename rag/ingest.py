@@ -496,7 +496,8 @@ class Indexer:
             for i, k in enumerate(keys):
                 if k not in found:
                     todo.setdefault(k, i)
-            order = list(todo.values())
+            # similar lengths share a batch, so little padding is embedded (rows map back by index)
+            order = sorted(todo.values(), key=lambda i: len(texts[i]))
             report.chunks_from_cache += sum(1 for k in keys if k in found)
             batch = max(1, int(self.config.embedding.batch_size)) * 4
             if progress:

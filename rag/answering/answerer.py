@@ -142,7 +142,10 @@ class GroundedAnswerer:
         texts, oldest out first) because the same chunks come back for related questions."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
-            new = np.asarray(self.embedder.embed_documents(missing), dtype=np.float32)
+            # short texts on the query encoder when the embedder has one (rag.embedding): the
+            # same vectors as the question's, whatever precision documents are embedded with
+            embed = getattr(self.embedder, "embed_queries", None) or self.embedder.embed_documents
+            new = np.asarray(embed(missing), dtype=np.float32)
             for t, v in zip(missing, new):
                 self._cache[t] = v
             while len(self._cache) > EMBED_CACHE_SIZE:
