@@ -33,15 +33,21 @@ def _configured_records(ctx: click.Context, records_path: str | None) -> str | N
 def open_records(ctx: click.Context, index: str, records_path: str | None, *, create: bool):
     """The RecordStore for INDEX. ``create=False`` (feedback, history, stats): a one-line error,
     and nothing created, when no record has been written for INDEX yet."""
+    from .index import is_remote_location
     from .records import RecordStore, find_records, records_path as resolve
 
     path = _configured_records(ctx, records_path)
+    location = index
+    if is_remote_location(index):  # a Qdrant location: records live in its side folder, as RAG keeps them
+        from .index import open_index
+
+        index = str(open_index(index, _cli()._config(ctx)[0]).side_dir)
     if create:
         return RecordStore(resolve(index, path))
     found = find_records(index, path)
     if found is None:
-        where = path or index
-        _cli()._fail(f"{where}: no conversation sessions here (no records yet; `rag ask` / `rag chat --index {index}` "
+        where = path or location
+        _cli()._fail(f"{where}: no conversation sessions here (no records yet; `rag ask` / `rag chat --index {location}` "
                      "write them; pass the index or --records file they used)")
     return RecordStore(found)
 
@@ -117,10 +123,18 @@ def ops_info_lines(inf: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _local_only(index: str) -> None:
+    from .index import is_remote_location
+
+    if is_remote_location(index):
+        _cli()._fail(f"{index}: generations are kept by the local index folder only (this is a Qdrant location)")
+
+
 def pin_generation(rag, at: int | None):
     """``--at GEN``: make ``rag`` read kept generation GEN (:func:`rag.index.versions.pin`)."""
     if at is None:
         return rag
+    _local_only(rag.location)
     from .index.versions import pin
 
     return pin(rag, at)
@@ -282,6 +296,7 @@ def register(cli: click.Group) -> None:
         """List the kept index generations: time, documents, chunks, files added/changed/removed."""
         from .index.versions import list_versions
 
+        _local_only(index)
         vs = list_versions(index)
         if as_json:
             c._emit_json(vs)
@@ -308,6 +323,8 @@ def register(cli: click.Group) -> None:
     def rollback(ctx, generation, index, wait_s):
         """Make kept GENERATION current again (as a new generation; readers switch at once)."""
         from .index.versions import rollback as do_rollback
+
+        _local_only(index)
 
         cfg, _ = c._config(ctx)
         m = do_rollback(index, generation, keep=cfg.index.keep_generations, wait_s=wait_s)
