@@ -267,24 +267,21 @@ def register(cli: click.Group) -> None:
     def stats(ctx, index, since, user_id, as_json, html_path, top, records_path):
         """Usage over time: questions per day, abstention, feedback, latency, cited and never-cited documents."""
         from . import stats as st
-
         from .errors import ConfigError
 
         try:
-            since_iso = st.parse_since(since) if since else None
+            st.parse_since(since) if since else None
         except ConfigError as e:
             raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint="--since") from None
         store = open_records(ctx, index, records_path, create=False)
-        docs = st.index_documents(index)
-        res = st.compute_stats(store.records(user_id=user_id, since=since_iso), documents=docs, top=top,
-                               since=since_iso, user_id=user_id)
+        res = st.stats_for_index(index, store, since=since, user_id=user_id, top=top)
         if html_path:
             with open(html_path, "w", encoding="utf-8") as f:
-                f.write(st.render_stats_html(res, title=f"rag stats: {index}"))
+                f.write(st.render_stats_html(res, title=f"rag stats: {index}", top=top))
         if as_json:
             c._emit_json(res)
         else:
-            click.echo(st.format_table(res))
+            click.echo(st.format_table(res, top=top))
             if html_path:
                 click.echo(f"\nWrote {html_path}.")
 
