@@ -191,6 +191,8 @@ BAD_REQUESTS = [
     ("empty question", "POST", CHAT, {"json": {"messages": [{"role": "user", "content": "   "}]}}, 422, "non-empty question"),
     ("last message not a question", "POST", CHAT, {"json": {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}}, 422, "non-empty question"),
     ("no messages", "POST", CHAT, {"json": {"messages": []}}, 422, "messages"),
+    ("empty filter list", "POST", CHAT, {"json": {"stream": True, "filters": {"lang": []}, "messages": [{"role": "user", "content": "zlib?"}]}}, 422, "empty list"),
+    ("chat top_k 0", "POST", CHAT, {"json": {"top_k": 0, "messages": [{"role": "user", "content": "zlib?"}]}}, 422, "top_k"),
     ("top_k 0", "POST", "/v1/search", {"json": {"query": "zlib", "top_k": 0}}, 422, "top_k"),
     ("top_k 101", "POST", "/v1/search", {"json": {"query": "zlib", "top_k": 101}}, 422, "top_k"),
     ("top_k not a number", "POST", "/v1/search", {"json": {"query": "zlib", "top_k": "many"}}, 422, "top_k"),
@@ -225,6 +227,23 @@ def test_bad_input_gets_its_status_and_changes_nothing(server, admin, name, meth
     assert "\n" not in r.text.strip()  # one JSON line
     err = r.json()["error"]
     assert err["code"] == status and words in err["message"], err
+    assert _state(server, admin) == before
+
+
+def test_chunked_upload_over_the_limit_is_413_and_changes_nothing(server, admin):
+    """No Content-Length (chunked transfer): the limit applies while the body is read."""
+    boundary = "rag-test-boundary"
+
+    def body():
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n'
+               "Content-Type: text/plain\r\n\r\n").encode()
+        for _ in range(40):  # 40 x 64 KiB = 2.5 MiB > the 1 MiB limit of this server
+            yield b"word " * 13107
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    before = _state(server, admin)
+    r = admin.post("/v1/documents", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "larger than the limit of 1048576 bytes" in r.json()["error"]["message"]
     assert _state(server, admin) == before
 
 
@@ -372,10 +391,11 @@ def _metric(client: httpx.Client, name: str) -> float:
 
 
 @pytest.mark.slow
-def test_real_models_answer_over_http(tmp_path):
-    """The packaged embedder and SmolLM2 behind the server: a cited streamed answer."""
+def test_real_models_answer_over_http(tmp_path, corpora_index):
+    """The packaged embedder and SmolLM2 behind the server (a copy of the session's real index
+    of corpora/): a cited streamed answer, sources sent once."""
     idx = tmp_path / "idx"
-    RAG.create(idx).ingest([DATA / "mini"])
+    shutil.copytree(corpora_index, idx)
     with ServerProcess(["--index", str(idx)], log=tmp_path / "log", timeout_s=600) as srv:
         from openai import OpenAI
 
@@ -385,4 +405,5 @@ def test_real_models_answer_over_http(tmp_path):
         content = "".join(c.choices[0].delta.content or "" for c in chunks)
         sources = chunks[0].model_extra["sources"]
         assert sum(1 for c in chunks if (c.model_extra or {}).get("sources") is not None) == 1
+        assert "Gailly" in content or "Adler" in content, content
         _check_citations_resolve(content, chunks[-1].model_extra["citations"], sources)

@@ -281,7 +281,6 @@ def run_server(app: FastAPI, host: str, port: int, log_level: str = "warning") -
     """Serve ``app`` with uvicorn until SIGINT/SIGTERM (graceful: 5 s for open streams)."""
     import uvicorn
 
-    uvicorn.Config  # noqa: B018 - import check
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
                             timeout_graceful_shutdown=5, server_header=False)
     uvicorn.Server(config).run()

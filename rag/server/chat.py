@@ -62,6 +62,10 @@ def add_routes(app: FastAPI) -> None:
         if not question:
             raise ApiError(422, "messages: the last message must be a non-empty question from role 'user'")
         require_index(svc)
+        if req.filters is not None:  # a bad filter is a 422 now, not an error event inside a 200 stream
+            from ..engine import make_filter
+
+            make_filter(req.filters, p.principals)
         session_id = req.session_id or uuid.uuid4().hex[:12]
         if req.session_id:  # continuing a session: it must be this caller's (or new)
             owner = await run_in_threadpool(svc.session_owner, session_id)
