@@ -8,6 +8,7 @@ reads of one request come from one committed index state, and commits (by the jo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -142,7 +143,9 @@ class Service:
         query, res = engine.retrieve_for_answer(question, list(history), top_k, filters, principals)
         yield Sources(query=query, hits=tuple(res.hits), generation=res.generation)
         first = None
-        pieces = engine.answerer.stream(query, list(res.hits), history=list(history), **engine._answer_kw(res))
+        answerer = engine.answerer
+        kw = {"query_vector": res.query_vector} if _takes_query_vector(answerer) else {}
+        pieces = answerer.stream(query, list(res.hits), history=list(history), **kw)
         try:
             for piece in pieces:
                 if isinstance(piece, Answer):
@@ -155,7 +158,9 @@ class Service:
                         first = time.perf_counter() - t0
                     yield piece
         finally:
-            pieces.close()
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
 
     def documents(self, principals: Sequence[str] | None) -> list[dict[str, Any]]:
         """The indexed files the caller may see, one dict per file: ``id``, ``source`` (shown
@@ -215,3 +220,15 @@ class Service:
         store.ensure_session(session_id, owner)
         rec = record_answer(store, self.rag, answer, user_id=user_id, session_id=session_id, latency_s=latency_s)
         return rec.get("turn")
+
+
+@functools.lru_cache(maxsize=8)
+def _takes_query_vector_of(cls: type) -> bool:
+    import inspect
+
+    return "query_vector" in inspect.signature(cls.stream).parameters
+
+
+def _takes_query_vector(answerer) -> bool:
+    """Whether this answerer's stream() accepts the search's query vector (read once per class)."""
+    return _takes_query_vector_of(type(answerer))
