@@ -200,3 +200,25 @@ def test_cli_ingest_from_two_folders_then_delete(tmp_path, hash_config):
                        cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["chunks_removed"] == 1
+
+
+def test_a_dropped_duplicate_chunk_comes_back_when_its_kept_copy_goes(tmp_path, hash_config):
+    shared = " ".join(f"Clause {i}: the tenant keeps the shared stairwell clean and free of bicycles." for i in range(8))
+    own_a = " ".join(f"Section {i} of lease A covers the garden shed and the apple trees." for i in range(8))
+    own_b = " ".join(f"Section {i} of lease B covers the cellar and the boiler room." for i in range(8))
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.md").write_text(f"# Lease A\n\n{own_a}\n\n## House rules\n\n{shared}\n")
+    (d / "b.md").write_text(f"# Lease B\n\n{own_b}\n\n## House rules\n\n{shared}\n")
+    rag = RAG.create(tmp_path / "idx", hash_config)
+    rep = rag.ingest([d])
+    chunk_links = [x for x in rep.duplicates if x["level"] == "chunk"]
+    assert len(chunk_links) >= 1 and all(x["kept_key"] == str((d / "a.md").resolve()) for x in chunk_links)
+    # the filter on b's path still finds the shared clause (b's link to a's chunk)
+    hits = rag.search("stairwell bicycles", filters={"source": str(d / "b.md")}, top_k=3)
+    assert hits and "stairwell" in hits[0].chunk.text
+    rep = rag.delete([str(d / "a.md")])
+    assert rep.revived == [str((d / "b.md").resolve())]
+    top = rag.search("stairwell bicycles", top_k=1)[0]
+    assert top.chunk.source == str((d / "b.md").resolve()) and "stairwell" in top.chunk.text
+    rag.verify()
