@@ -240,13 +240,16 @@ def main() -> None:
            "--generation-slots", str(args.generation_slots)]
     if args.fake:
         cmd += ["--generator", "extractive"]
-    log = open(ROOT / "benchmarks" / "results" / "serve_load.server.log", "wb")
+    import tempfile
+
+    log_path = Path(tempfile.gettempdir()) / f"serve_load-{port}.log"
+    log = open(log_path, "wb")
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         t0 = time.time()
         while True:
             if server.poll() is not None:
-                sys.exit(f"server exited with {server.returncode}; see benchmarks/results/serve_load.server.log")
+                sys.exit(f"server exited with {server.returncode}; see {log_path}")
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
