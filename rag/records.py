@@ -297,6 +297,14 @@ class RecordStore:
             rows = self.conn.execute(q, params).fetchall()
         return [dict(zip(("session_id", "user_id", "created", "updated", "turns"), r)) for r in rows]
 
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        """One session (session_id, user_id, created, updated, turns), or None when unknown."""
+        q = ("SELECT s.session_id, s.user_id, s.created, s.updated, count(r.record_id) FROM sessions s "
+             "LEFT JOIN records r ON r.session_id = s.session_id WHERE s.session_id = ? GROUP BY s.session_id")
+        with self._lock:
+            row = self.conn.execute(q, (session_id,)).fetchone()
+        return None if row is None else dict(zip(("session_id", "user_id", "created", "updated", "turns"), row))
+
     def users(self) -> list[str]:
         """Every user id found in records or sessions, sorted."""
         with self._lock:

@@ -39,6 +39,8 @@ def test_every_entry_point_writes_one_full_record(scenario):
     assert {r["user_id"] for r in recs} == {"alice", "bob", "carol"}
     assert {s["session_id"]: (s["user_id"], s["turns"]) for s in store.sessions()} == {
         "a1": ("alice", 5), "a2": ("alice", 5), "b1": ("bob", 5), "b2": ("bob", 5), "c1": ("carol", 5), "c2": ("carol", 5)}
+    assert store.session("b2") == {**next(x for x in store.sessions() if x["session_id"] == "b2"), "turns": 5}
+    assert store.session("b2")["user_id"] == "bob" and store.session("nope") is None
     created = [r["created"] for r in recs]
     assert created == sorted(created)
     corpus_files = {str(p) for p in scenario.corpus.iterdir()}
@@ -146,7 +148,7 @@ def test_anonymised_export(scenario, tmp_path):
     assert users == {anonymise_user(u, salt) for u in ("alice", "bob", "carol", "dave")}
     assert all(re.fullmatch(r"u-[0-9a-f]{16}", u) for u in users)
     text = out.read_text()
-    for secret in ("alice", "bob", "carol", "dave", "jane.doe@example.com", "7946"):
+    for secret in ("alice", "bob", "carol", "dave", "jane.doe@example.com", "+44 20 7946 0958", "7946 0958"):
         assert secret not in text
     dave = [x for x in rows if x["session_id"] == "d1"][0]
     assert dave["question"] == "My mail is [EMAIL], call [PHONE]" and dave["answer"] == "Write to [EMAIL] [1]"
