@@ -126,6 +126,7 @@ def test_pickle_payloads_never_run(tmp_path, built, hash_config):
     gen = built / json.loads((built / "manifest.json").read_text())["gen_dir"]
     # where a careless loader would look: pickled docstore/index files beside ours
     for name in ("docstore.pkl", "index.pkl", "bm25.pkl", "sparse/bm25.pkl", "sparse/retriever.pkl", "vectors.pkl"):
+        (gen / name).parent.mkdir(exist_ok=True)  # a generation of segments has no sparse/ folder
         (gen / name).write_bytes(payload)
     (built / "config.pkl").write_bytes(payload)
     rag = RAG.open(built, hash_config)

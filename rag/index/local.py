@@ -279,7 +279,8 @@ class LocalIndex:
         w: LocalWriter | None = None
         try:
             with self.store.lock(wait_s):
-                base = self.store.open() if self.store.exists() else None
+                # the base's FAISS/BM25 files are not needed to commit segments: load them lazily
+                base = self.store.open(load_all=False) if self.store.exists() else None
                 try:
                     w = LocalWriter(self, base, embedder=embedder, settings=settings)
                     try:
@@ -327,10 +328,12 @@ class LocalIndex:
         from .manifest import read_manifest
         from .store import DOCSTORE, VECTORS
 
+        from . import segments
+
         with self.store.lock(wait_s):
             manifest = read_manifest(self.dir)
             gen_dir = self.dir / manifest["gen_dir"]
-            for name in (DOCSTORE, VECTORS):
+            for name in (DOCSTORE,) if "segments" in manifest else (DOCSTORE, VECTORS):
                 p = gen_dir / name
                 info = manifest["files"].get(f"{manifest['gen_dir']}/{name}", {})
                 if not p.exists() or p.stat().st_size != info.get("size") or sha256_file(p) != info.get("sha256"):
@@ -338,7 +341,10 @@ class LocalIndex:
             ds = DocStore.open_readonly(gen_dir / DOCSTORE)
             snap = Snapshot(self.dir, manifest, ds)
             try:
-                vectors = np.array(snap.vectors(mmap=True), dtype=np.float32)
+                if "segments" in manifest:  # every segment's stored vectors, rebuilt into one segment
+                    vectors = segments.stored_vectors(self.dir, manifest, ds.chunk_ids())
+                else:
+                    vectors = np.array(snap.vectors(mmap=True), dtype=np.float32)
                 tx = self.store.begin(snap)
                 names = set(BM25Config.__dataclass_fields__)
                 bm25 = self.bm25 or BM25Config(**{k: v for k, v in (manifest.get("config", {}).get("bm25") or {}).items()
@@ -347,12 +353,12 @@ class LocalIndex:
 
                 hook = CommitHook(self.dir, self.keep_generations, LocalReader(snap), tx.docstore)
                 try:
-                    new = tx.commit(np.zeros(0, dtype=np.int64), np.zeros((0, vectors.shape[1]), dtype=np.float32),
-                                    dim=int(vectors.shape[1]),
-                                    embedder={k: v for k, v in manifest["embedder"].items() if k in ("name", "model_id", "max_seq_length")},
-                                    config=manifest.get("config", {}), bm25_config=bm25, ann_threshold=self.ann_threshold,
-                                    rebuild_vectors=vectors,
-                                    keep_generations=[f"gen-{g:06d}" for g in leased_generations(self.dir)] + hook.keep)
+                    dim = int(manifest["embedder"]["dim"])
+                    new = segments.commit_generation(
+                        tx, np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32), dim=dim,
+                        embedder={k: v for k, v in manifest["embedder"].items() if k in ("name", "model_id", "max_seq_length")},
+                        config=manifest.get("config", {}), bm25_config=bm25, ann_threshold=self.ann_threshold,
+                        rebuild=vectors, keep_generations=[f"gen-{g:06d}" for g in leased_generations(self.dir)] + hook.keep)
                     hook.done(new)
                 except BaseException:
                     tx.abort()
@@ -479,9 +485,11 @@ class LocalWriter:
 
         hook = CommitHook(self.index.dir, self.index.keep_generations, self.base, self.tx.docstore)
         keep = [f"gen-{g:06d}" for g in leased_generations(self.index.dir)] + hook.keep
-        manifest = self.tx.commit(ids, vecs, dim=self.dim, embedder=emb, config=self.settings, bm25_config=bm25,
-                                  ann_threshold=self.index.ann_threshold, rebuild_vectors=rebuild_vectors,
-                                  keep_generations=keep)
+        from .segments import commit_generation  # a new segment + tombstones; merges when due
+
+        manifest = commit_generation(self.tx, ids, vecs, dim=self.dim, embedder=emb, config=self.settings, bm25_config=bm25,
+                                     ann_threshold=self.index.ann_threshold, rebuild=rebuild_vectors,
+                                     keep_generations=keep)
         hook.done(manifest)
         self.committed = self._done = True
         return manifest

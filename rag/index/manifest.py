@@ -16,10 +16,11 @@ from ..errors import IndexFormatError
 from ..hashing import sha256_file
 
 FORMAT = "rag-index"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 """Format 1 (before document identity and aliases) opens read-only as it is and is upgraded by
-its next write."""
+its next write. Format 3 lists ``segments`` (:mod:`rag.index.segments`); a format-2 generation
+(one set of files in its folder) opens as it is and becomes segment 0 on its next commit."""
 MANIFEST = "manifest.json"
 
 CHEAP_HASH_MAX_BYTES = 64 * 2**20

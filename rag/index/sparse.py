@@ -216,6 +216,91 @@ class _IdentityMap(dict):
         return key
 
 
+def count_terms(texts: Sequence[str], tok: BM25Tokenizer, batch_size: int = 20_000
+                ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Term counts of ``texts`` (n strings): ``(vocab (V,) terms, terms (P,) int32 term ids,
+    tf (P,) float32 counts, per_doc (n,) int64 distinct terms per text, doc_lengths (n,) int64)``.
+
+    ``terms``/``tf`` are chunk-major (text 0's terms first, term ids ascending within a text);
+    term ids number terms in order of first occurrence. Shared by :meth:`BM25Index.build` and the
+    per-segment postings of :mod:`rag.index.segments`, so both index exactly the same terms.
+    """
+    n = len(texts)
+    vocab: dict[str, int] = {}
+    # raw word -> term id, so each distinct word is stemmed once; stopwords map to _DROP and
+    # the document separator to _SEP (both negative, never term ids)
+    word_tid: dict[str, int] = {_SEP_WORD: _SEP}
+    for w in tok.stopwords:
+        word_tid[w] = _DROP
+    row_counts: list[np.ndarray] = []  # distinct terms per chunk
+    term_parts: list[np.ndarray] = []
+    tf_parts: list[np.ndarray] = []
+    doc_lengths = np.zeros(n, dtype=np.int64)
+    for start in range(0, n, batch_size):
+        batch = texts[start:start + batch_size]
+        m = len(batch)
+        words = tok._batch_words(batch)  # all words of the batch, _SEP_WORD after each text
+        new = set(words).difference(word_tid)
+        if new:
+            stems = tok.stem_map(w for w in new if w not in tok.stopwords)
+            for w in new:
+                word_tid[w] = _DROP if w in tok.stopwords else vocab.setdefault(stems[w], len(vocab))
+        arr = np.fromiter(map(word_tid.__getitem__, words), dtype=np.int64, count=len(words))
+        del words
+        is_sep = arr == _SEP
+        local = np.cumsum(is_sep) - is_sep  # text index of every word
+        keep = arr >= 0
+        flat, local = arr[keep], local[keep]
+        del arr, is_sep, keep
+        doc_lengths[start:start + m] = np.bincount(local, minlength=m)
+        width = max(len(vocab), 1)
+        key, tf = np.unique(local * width + flat, return_counts=True)
+        doc_of = key // width
+        term_parts.append((key - doc_of * width).astype(np.int32))
+        tf_parts.append(tf.astype(np.float32))
+        row_counts.append(np.bincount(doc_of, minlength=m))
+        del flat, local, key, doc_of
+    n_terms = len(vocab)
+    vocab_list = [""] * n_terms
+    for t, i in vocab.items():
+        vocab_list[i] = t
+    del vocab, word_tid
+    terms = np.concatenate(term_parts) if term_parts else np.zeros(0, np.int32)
+    tf = np.concatenate(tf_parts) if tf_parts else np.zeros(0, np.float32)
+    del term_parts, tf_parts
+    per_doc = np.concatenate(row_counts) if row_counts else np.zeros(0, np.int64)
+    return vocab_list, terms, tf, per_doc, doc_lengths
+
+
+def query_terms(tok: BM25Tokenizer, term_ids: Any, query: str) -> tuple[np.ndarray, np.ndarray]:
+    """Term ids and query term frequencies of ``query``. For English, a query word whose
+    British/American other spelling (:func:`spelling_variants`) stems to a different term the
+    index holds (``term_ids``: term -> id, any Mapping) also queries that term, with the word's count ("licence" finds "license":
+    Lucene-style query-time synonyms; the index itself is unchanged)."""
+    words = tok.words(query)
+    if not words:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    cache = tok.stem_map(words)
+    stems = {w: cache[w] for w in set(words)}  # own copy: a later stem_map call may clear the cache
+    counts = Counter(stems[w] for w in words)
+    if tok.language == "english":
+        extra: Counter = Counter()
+        for w, c in Counter(words).items():
+            variants = spelling_variants(w)
+            if not variants:
+                continue
+            vstems = tok.stem_map(variants)
+            for v in {vstems[x] for x in variants}:
+                if v != stems[w] and v in term_ids and v not in counts:
+                    extra[v] = max(extra[v], c)
+        counts.update(extra)
+    pairs = [(term_ids[t], c) for t, c in counts.items() if t in term_ids]
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    tids, qtf = zip(*pairs)
+    return np.asarray(tids, np.int64), np.asarray(qtf, np.float32)
+
+
 class BM25Index:
     """BM25 over chunks, Lucene variant (see the module docstring for the formula and sources).
 
@@ -277,51 +362,8 @@ class BM25Index:
         if n and np.unique(ids).shape[0] != n:
             raise ValueError("chunk ids must be unique")
         tok = BM25Tokenizer(config.language, config.stopwords, config.stemming)
-
-        vocab: dict[str, int] = {}
-        # raw word -> term id, so each distinct word is stemmed once; stopwords map to _DROP and
-        # the document separator to _SEP (both negative, never term ids)
-        word_tid: dict[str, int] = {_SEP_WORD: _SEP}
-        for w in tok.stopwords:
-            word_tid[w] = _DROP
-        row_counts: list[np.ndarray] = []  # distinct terms per chunk
-        term_parts: list[np.ndarray] = []
-        tf_parts: list[np.ndarray] = []
-        doc_lengths = np.zeros(n, dtype=np.int64)
-        for start in range(0, n, batch_size):
-            batch = texts[start:start + batch_size]
-            m = len(batch)
-            words = tok._batch_words(batch)  # all words of the batch, _SEP_WORD after each text
-            new = set(words).difference(word_tid)
-            if new:
-                stems = tok.stem_map(w for w in new if w not in tok.stopwords)
-                for w in new:
-                    word_tid[w] = _DROP if w in tok.stopwords else vocab.setdefault(stems[w], len(vocab))
-            arr = np.fromiter(map(word_tid.__getitem__, words), dtype=np.int64, count=len(words))
-            del words
-            is_sep = arr == _SEP
-            local = np.cumsum(is_sep) - is_sep  # text index of every word
-            keep = arr >= 0
-            flat, local = arr[keep], local[keep]
-            del arr, is_sep, keep
-            doc_lengths[start:start + m] = np.bincount(local, minlength=m)
-            width = max(len(vocab), 1)
-            key, tf = np.unique(local * width + flat, return_counts=True)
-            doc_of = key // width
-            term_parts.append((key - doc_of * width).astype(np.int32))
-            tf_parts.append(tf.astype(np.float32))
-            row_counts.append(np.bincount(doc_of, minlength=m))
-            del flat, local, key, doc_of
-        n_terms = len(vocab)
-        vocab_list = [""] * n_terms
-        for t, i in vocab.items():
-            vocab_list[i] = t
-        del vocab, word_tid
-
-        terms = np.concatenate(term_parts) if term_parts else np.zeros(0, np.int32)
-        tf = np.concatenate(tf_parts) if tf_parts else np.zeros(0, np.float32)
-        del term_parts, tf_parts
-        per_doc = np.concatenate(row_counts) if row_counts else np.zeros(0, np.int64)
+        vocab_list, terms, tf, per_doc, doc_lengths = count_terms(texts, tok, batch_size)
+        n_terms = len(vocab_list)
         total_len = float(doc_lengths.sum())
         avgdl = total_len / n if n else 0.0
         k1, b = float(config.k1), float(config.b)
@@ -366,33 +408,8 @@ class BM25Index:
 
     # ------------------------------------------------------------------ search
     def _query_terms(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        """Term ids and query term frequencies of ``query``. For English, a query word whose
-        British/American other spelling (:func:`spelling_variants`) stems to a different term the
-        index holds also queries that term, with the word's count ("licence" finds "license":
-        Lucene-style query-time synonyms; the index itself is unchanged)."""
-        tok = self.tokenizer
-        words = tok.words(query)
-        if not words:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        cache = tok.stem_map(words)
-        stems = {w: cache[w] for w in set(words)}  # own copy: a later stem_map call may clear the cache
-        counts = Counter(stems[w] for w in words)
-        if tok.language == "english":
-            extra: Counter = Counter()
-            for w, c in Counter(words).items():
-                variants = spelling_variants(w)
-                if not variants:
-                    continue
-                vstems = tok.stem_map(variants)
-                for v in {vstems[x] for x in variants}:
-                    if v != stems[w] and v in self.term_ids and v not in counts:
-                        extra[v] = max(extra[v], c)
-            counts.update(extra)
-        pairs = [(self.term_ids[t], c) for t, c in counts.items() if t in self.term_ids]
-        if not pairs:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        tids, qtf = zip(*pairs)
-        return np.asarray(tids, np.int64), np.asarray(qtf, np.float32)
+        """Term ids and query term frequencies of ``query`` (see :func:`query_terms`)."""
+        return query_terms(self.tokenizer, self.term_ids, query)
 
     def _postings(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated (chunk positions int32, weights float32) of the query's terms."""

@@ -68,6 +68,21 @@ class Snapshot:
     _dense: Any = None
     _sparse: Any = None
     _doc_codes: Any = None
+    _segments: Any = None
+
+    @property
+    def segmented(self) -> bool:
+        """True for a generation of segments (format 3, :mod:`rag.index.segments`)."""
+        return "segments" in self.manifest
+
+    @property
+    def segment_set(self):
+        """The :class:`~rag.index.segment_search.SegmentSet` of a segmented generation."""
+        if self._segments is None:
+            from .segment_search import open_segments
+
+            self._segments = open_segments(self.index_dir, self.manifest)
+        return self._segments
 
     @property
     def generation(self) -> int:
@@ -80,6 +95,10 @@ class Snapshot:
     @property
     def dense(self):
         """The FAISS :class:`~rag.index.dense.DenseIndex` (loaded on first use)."""
+        if self._dense is None and self.segmented:
+            from .segment_search import DenseView
+
+            self._dense = DenseView(self.segment_set)
         if self._dense is None:
             from .dense import DenseIndex
 
@@ -92,6 +111,10 @@ class Snapshot:
     @property
     def sparse(self):
         """The :class:`~rag.index.sparse.BM25Index` (loaded on first use)."""
+        if self._sparse is None and self.segmented:
+            from .segment_search import SparseView
+
+            self._sparse = SparseView(self.segment_set)
         if self._sparse is None:
             from .sparse import BM25Index
 
@@ -115,7 +138,10 @@ class Snapshot:
         return np.where(ids[j] == q, codes[j], -1)
 
     def vectors(self, mmap: bool = True) -> np.ndarray:
-        """(n, dim) float32 stored embeddings, rows in ascending chunk id order."""
+        """(n, dim) float32 stored embeddings, rows in ascending chunk id order (a segmented
+        generation gathers its segments' live rows: a copy)."""
+        if self.segmented:
+            return self.segment_set.vectors()
         path = self.gen_dir / VECTORS
         try:
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -170,9 +196,15 @@ class IndexStore:
             try:
                 snap.dense
                 snap.sparse
-                vec = snap.vectors()
-                if vec.shape[0] != n:
-                    raise IndexFormatError(str(gen_dir / VECTORS), f"holds {vec.shape[0]} vectors but the docstore has {n} chunks")
+                if snap.segmented:  # load every segment now: a later commit may collect its folder
+                    snap.segment_set.check(n, gen_dir / DOCSTORE)
+                    for seg in snap.segment_set.segments:
+                        seg.dense  # noqa: B018
+                        seg.vectors()
+                else:
+                    vec = snap.vectors()
+                    if vec.shape[0] != n:
+                        raise IndexFormatError(str(gen_dir / VECTORS), f"holds {vec.shape[0]} vectors but the docstore has {n} chunks")
                 if full_check:
                     self._check_ids(snap)
             except Exception:
@@ -241,6 +273,9 @@ class IndexStore:
                     with contextlib.suppress(OSError):
                         p.unlink()
                 removed.append(name)
+        from .segments import collect_garbage
+
+        removed += collect_garbage(self.dir)
         if removed:
             log.info("removed stale files of an interrupted write: %s", ", ".join(sorted(removed)))
         return removed
@@ -253,6 +288,9 @@ class IndexStore:
         for p in self.dir.glob("gen-*"):
             if p.name not in keep and ".tmp-" not in p.name:
                 shutil.rmtree(p, ignore_errors=True)
+        from .segments import collect_garbage  # segments no kept generation lists any more
+
+        collect_garbage(self.dir)
 
 
 class Transaction:

@@ -222,6 +222,9 @@ def rollback(index_dir: str | Path, generation: int, *, keep: int = DEFAULT_KEEP
         shutil.rmtree(tmp, ignore_errors=True)
         files: dict[str, Any] = {}
         for rel, info in sorted(old["files"].items()):
+            if not rel.startswith(f"{old['gen_dir']}/"):  # a shared segment (rag.index.segments): referenced, not linked
+                files[rel] = info
+                continue
             inner = rel.split("/", 1)[1]
             dst = tmp / inner
             dst.parent.mkdir(parents=True, exist_ok=True)
