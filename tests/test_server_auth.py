@@ -135,6 +135,14 @@ def test_missing_or_wrong_key_is_401(server, headers, words, method, path, body)
     assert "\n" not in r.text.strip() and words in r.json()["error"]["message"]
 
 
+def test_key_is_checked_before_the_body_is_read(server):
+    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 401  # not 422: a stranger's body is never parsed
+    r = httpx.post(server.url + "/v1/documents", files={"files": ("../x.txt", b"x")}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key"
+    assert 'route="unauthenticated",status="401"' in httpx.get(server.url + "/metrics").text
+
+
 def test_open_routes_and_x_api_key(server):
     assert httpx.get(server.url + "/health").status_code == 200
     assert "<title>rag</title>" in httpx.get(server.url + "/").text

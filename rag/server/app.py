@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (ConfigError, GenerationError, IndexFormatError, IndexLockedError, IndexNotFoundError, ModelError,
                       RagError)
-from .auth import KeyStore, Principal, bearer_key
+from .auth import KeyMiddleware, KeyStore, Principal, bearer_key
 from .jobs import JobQueue, QueueFull
 from .metrics import Metrics, MetricsMiddleware, too_large_message
 from .schemas import FeedbackRequest, SearchRequest, error_body, search_wire
@@ -73,7 +73,11 @@ def ctx_of(request: Request) -> ServerContext:
 
 
 def principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller's principal from its API key (401 when missing/wrong)."""
+    """FastAPI dependency: the caller's principal, found by :class:`KeyMiddleware` before the
+    request was read (401 when its key is missing or wrong)."""
+    found = request.scope.get("rag.principal")
+    if found is not None:
+        return found
     ctx = ctx_of(request)
     key = bearer_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
     p = ctx.keys.authenticate(key)
@@ -129,6 +133,7 @@ def create_app(rag, keys: KeyStore, *, uploads_dir: str | Path | None = None, ma
     app = FastAPI(title="rag", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.ctx = ctx
     # 413 past the limit: uploads may be large, every other body is small JSON.
+    app.add_middleware(KeyMiddleware, keys=keys)  # inside the metrics one, so 401s are counted
     app.add_middleware(MetricsMiddleware, metrics=metrics, limit_for=lambda path: (
         max_upload_bytes if path.rstrip("/") == "/v1/documents" else MAX_JSON_BYTES))
     _install_error_handlers(app)

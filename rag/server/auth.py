@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -173,3 +174,31 @@ def bearer_key(authorization: str | None, x_api_key: str | None) -> str | None:
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return x_api_key.strip() if x_api_key and x_api_key.strip() else None
+
+
+class KeyMiddleware:
+    """Pure ASGI middleware: every request under ``prefix`` must present a known key, checked
+    before anything of the request is read (so a stranger's body is never parsed); the
+    caller's :class:`Principal` goes to ``scope["rag.principal"]``. A missing or wrong key is
+    a 401 with one JSON line (the OpenAI error shape) and ``WWW-Authenticate: Bearer``."""
+
+    def __init__(self, app, keys: KeyStore, prefix: str = "/v1/"):
+        self.app = app
+        self.keys = keys
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path", "").startswith(self.prefix):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            key = bearer_key(headers.get("authorization"), headers.get("x-api-key"))
+            p = self.keys.authenticate(key)
+            if p is None:
+                msg = "missing API key (send 'Authorization: Bearer KEY')" if not key else "invalid API key"
+                body = json.dumps({"error": {"message": msg, "type": "authentication_error", "code": 401}}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            scope["rag.principal"] = p
+        await self.app(scope, receive, send)

@@ -12,7 +12,7 @@ Metrics (prometheus-client, text format at ``GET /metrics``), each in the app's 
 - ``rag_jobs{state}``, ``rag_jobs_finished_total{kind, state}``: background writes
 
 ``route`` is the route template (``/v1/jobs/{job_id}``), never the raw path, so the label set
-stays small.
+stays small; requests refused for their key are ``unauthenticated``, unknown paths ``unmatched``.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class MetricsMiddleware:
                 await self.app(scope, receive_limited, send_wrapper)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            label = getattr(route, "path", None) or ("unauthenticated" if status[0] == 401 else "unmatched")
             method = scope.get("method", "GET")
             self.metrics.requests.labels(label, method, str(status[0])).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - t0)
