@@ -206,10 +206,8 @@ class Service:
 
     def session_owner(self, session_id: str) -> str | None:
         """The user who started ``session_id`` (None when there is no such session)."""
-        for s in self.records().sessions():
-            if s["session_id"] == session_id:
-                return s["user_id"]
-        return None
+        s = self.records().session(session_id)
+        return None if s is None else s["user_id"]
 
     def record_turn(self, answer: Answer, *, owner: str, user_id: str, session_id: str, latency_s: float) -> int | None:
         """Store one answered turn in ``session_id`` (created for ``owner`` if new); returns its
