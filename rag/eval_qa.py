@@ -101,11 +101,11 @@ def load_questions(dataset_dir: Path, limit: int | None = None, split: str = "al
 def load_ood_questions(queries_jsonl: Path, limit: int | None = 100) -> list[str]:
     """Out-of-domain questions: the ``text`` of the first ``limit`` records of a BEIR
     ``queries.jsonl`` (e.g. SciFact claims)."""
-    out = []
+    out: list[str] = []
     for r in read_jsonl(Path(queries_jsonl)):
-        out.append(r["text"])
         if limit is not None and len(out) >= limit:
             break
+        out.append(r["text"])
     return out
 
 

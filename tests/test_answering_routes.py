@@ -163,3 +163,11 @@ def test_factoid_from_a_heading_line_answers_with_the_span_alone():
     a = g.answer("Who wrote the Zen of Python?", hits_of(text))
     assert a.short == "Tim Peters" and a.text == "Tim Peters [1]"
     assert a.citations[0].quote == text  # the citation still shows where it comes from
+
+
+def test_yes_no_evidence_comes_from_the_top_ranked_chunk():
+    # the Lua sentence shares more words with the question, but retrieval ranked the licence first
+    q = "Is zlib free software for any purpose?"
+    hits = hits_of(LICENSE, "Lua is free software used for any purpose in many products and projects.")
+    a = ga(_YesNoLM(1.0, 0.0)).answer(q, hits)
+    assert a.kind == "yes_no" and [c.chunk_id for c in a.citations] == [301]

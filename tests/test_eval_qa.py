@@ -79,3 +79,48 @@ def test_load_questions_split_on_real_xquad():
     dev, test = load_questions(d, split="dev"), load_questions(d, split="test")
     assert len(dev) + len(test) == 1190 and not {q["id"] for q in dev} & {q["id"] for q in test}
     assert len(load_questions(d, limit=50)) == 50
+
+
+def test_ood_limit_zero_gives_no_questions(tmp_path):
+    from rag.eval_qa import load_ood_questions
+
+    p = tmp_path / "queries.jsonl"
+    p.write_text('{"_id": "1", "text": "a claim"}\n{"_id": "2", "text": "another"}\n')
+    assert load_ood_questions(p, 0) == [] and load_ood_questions(p, 1) == ["a claim"]
+    assert load_ood_questions(p, None) == ["a claim", "another"]
+
+
+def test_yes_no_metrics_short_answer_and_routes(tmp_path):
+    passages = [{"id": "p1", "title": "A", "text": "Barq's is owned by Coca-Cola."},
+                {"id": "p2", "title": "B", "text": "Zlib may be used in commercial applications."}]
+    questions = [
+        {"id": "q1", "question": "is barq's a pepsi product?", "answers": ["no"], "gold_passage_ids": ["p1"]},
+        {"id": "q2", "question": "is zlib free for commercial use?", "answers": ["yes"], "gold_passage_ids": ["p2"]},
+        {"id": "q3", "question": "is zlib owned by pepsi?", "answers": ["no"], "gold_passage_ids": ["p2"]},
+    ]
+    (tmp_path / "passages.jsonl").write_text("\n".join(json.dumps(p) for p in passages))
+    (tmp_path / "questions.jsonl").write_text("\n".join(json.dumps(q) for q in questions))
+    ch = {p["id"]: Chunk(id=i, doc_id="passages.jsonl#" + p["id"], ordinal=0, start=0, end=len(p["text"]), text=p["text"])
+          for i, p in enumerate(passages)}
+
+    def ask(q):
+        if q.startswith("is barq"):  # right verdict, cites the gold passage
+            h = Hit(chunk=ch["p1"], score=1, rank=1)
+            return Answer(question=q, text="No. Barq's is owned by Coca-Cola. [1]", kind="yes_no", short="No", hits=(h,),
+                          citations=(Citation(n=1, chunk_id=0, source="x"),))
+        if "commercial" in q:  # right verdict, cites the wrong passage
+            h = Hit(chunk=ch["p1"], score=1, rank=1)
+            return Answer(question=q, text="Yes. Barq's is owned by Coca-Cola. [1]", kind="yes_no", short="Yes", hits=(h,),
+                          citations=(Citation(n=1, chunk_id=0, source="x"),))
+        return Answer(question=q, text="Not found in the indexed documents.", abstained=True, kind="yes_no")
+
+    res = evaluate_qa(tmp_path, ask)
+    assert res["yes_no_accuracy"] == pytest.approx(2 / 3)
+    assert res["yes_no_undecided"] == pytest.approx(1 / 3)
+    assert res["yes_no_f1_yes"] == pytest.approx(1.0)  # one predicted yes, one gold yes
+    assert res["yes_no_f1_no"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)  # precision 1, recall 1/2
+    assert res["gold_passage_cited"] == pytest.approx(1 / 3)
+    assert res["exact_match"] == pytest.approx(2 / 3)  # scored on .short, not on the sentence
+    # a "yes"/"no" gold never makes a citation correct by appearing in the chunk text
+    assert res["citation_precision"] == pytest.approx(0.5)
+    assert res["by_kind"]["yes_no"]["n"] == 3 and res["by_kind"]["yes_no"]["abstained"] == pytest.approx(1 / 3)
