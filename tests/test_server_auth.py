@@ -276,3 +276,21 @@ def test_property_run_covered_uploads(clients):
             assert own and mark in own[0]["chunk"]["text"]
             theirs = clients[other].post("/v1/search", json={"query": mark, "top_k": 50, "mode": "bm25"}).json()["hits"]
             assert all(mark not in h["chunk"]["text"] for h in theirs)
+
+
+def test_stats_page_is_for_admin_keys_only(clients):
+    a, admin = clients["a"], clients["admin"]
+    r = a.post("/v1/chat/completions", json={"model": "rag", "messages": [{"role": "user", "content": "anvil apricot?"}]})
+    assert r.status_code == 200
+    denied = a.get("/v1/stats")
+    assert denied.status_code == 403 and "only an admin key" in denied.json()["error"]["message"]
+    figures = admin.get("/v1/stats", params={"format": "json"})
+    assert figures.status_code == 200
+    body = figures.json()
+    assert body["questions"] >= 1 and body["users"] >= 1
+    alice_only = admin.get("/v1/stats", params={"format": "json", "user": "alice"}).json()
+    assert 1 <= alice_only["questions"] <= body["questions"] and alice_only["users"] == 1
+    page = admin.get("/v1/stats")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<svg" in page.text and "<script" not in page.text
+    assert admin.get("/v1/stats", params={"format": "xml"}).status_code == 422

@@ -193,6 +193,24 @@ def create_app(rag, keys: KeyStore, *, uploads_dir: str | Path | None = None, ma
             t.pop("index_dir", None)
         return JSONResponse({"object": "session", "session_id": session_id, "user_id": owner, "turns": turns})
 
+    @app.get("/v1/stats")
+    async def stats(format: str = "html", since: str | None = None, user: str | None = None,
+                    p: Principal = Depends(principal), svc: Service = Depends(ready)) -> Response:
+        """The ``rag stats`` figures for admin keys: the HTML page (default) or ``?format=json``."""
+        from ..stats import render_stats_html, stats_for_index
+
+        if not (p.admin or p.local):
+            raise ApiError(403, "stats: only an admin key may read the usage records")
+        if format not in ("html", "json"):
+            raise ApiError(422, "format: must be html or json")
+        try:
+            figures = await run_in_threadpool(stats_for_index, svc.rag.index_dir, svc.records(), since=since, user_id=user)
+        except ConfigError as e:
+            raise ApiError(422, str(e)) from None
+        if format == "json":
+            return JSONResponse(figures)
+        return Response(render_stats_html(figures), media_type="text/html")
+
     chat.add_routes(app)
     documents.add_routes(app)
     return app
