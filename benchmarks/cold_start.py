@@ -6,7 +6,7 @@ none yet: the ONNX embedder graphs, the generator's float32 copy), then ``--runs
 CLI streams answer pieces as they are decoded, so this is time to first answer token) and to
 exit; ``rag search``: seconds to exit (all output written). Peak RSS is the process's maximum
 resident set (``wait4`` rusage, the same figure as ``/usr/bin/time -v``), in MB. Prints a
-Markdown table with median and max.
+Markdown table with median and max, and the CPU seconds (user + system) each process used.
 
     .venv/bin/rag ingest corpora --index indexes/demo     # once (make demo does it)
     .venv/bin/python benchmarks/cold_start.py [--runs 5] [--index indexes/demo]
@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RAG = ROOT / ".venv" / "bin" / "rag"
 
 
-def run_once(cmd: list[str]) -> tuple[float, float, float, int, str]:
-    """(seconds to first stdout byte, seconds to exit, peak RSS MB, exit code, stdout text)."""
+def run_once(cmd: list[str]) -> tuple[float, float, float, int, str, float]:
+    """(seconds to first stdout byte, seconds to exit, peak RSS MB, exit code, stdout text,
+    CPU seconds user + system)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
@@ -40,7 +41,8 @@ def run_once(cmd: list[str]) -> tuple[float, float, float, int, str]:
     _, status, usage = os.wait4(proc.pid, 0)
     t_exit = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return t_first, t_exit, usage.ru_maxrss / 1024, proc.returncode, (first + rest).decode("utf-8", "replace")
+    return (t_first, t_exit, usage.ru_maxrss / 1024, proc.returncode, (first + rest).decode("utf-8", "replace"),
+            usage.ru_utime + usage.ru_stime)
 
 
 def main() -> int:
@@ -61,26 +63,27 @@ def main() -> int:
         if prime[3] != 0:
             print(f"{name}: exit code {prime[3]}:\n{prime[4][-500:]}", file=sys.stderr)
             return 1
-        firsts, exits, rss = [], [], []
+        firsts, exits, rss, cpus = [], [], [], []
         for _ in range(args.runs):
-            t_first, t_exit, mb, code, out = run_once(cmd)
+            t_first, t_exit, mb, code, out, cpu = run_once(cmd)
             if code != 0:
                 print(f"{name}: exit code {code}", file=sys.stderr)
                 return 1
             firsts.append(t_first)
             exits.append(t_exit)
             rss.append(mb)
-        rows.append((name, firsts if to_first else exits, exits, rss, out.strip().splitlines()[0][:70]))
+            cpus.append(cpu)
+        rows.append((name, firsts if to_first else exits, exits, rss, cpus, out.strip().splitlines()[0][:60]))
         print(f"{name}: priming run {prime[1]:.1f} s; timed: " + ", ".join(f"{x:.2f}" for x in rows[-1][1]), file=sys.stderr)
     load = os.getloadavg()[0]
     print(f"{args.runs} cold runs each on {args.index} (1-minute load average at the end: {load:.1f} on "
           f"{os.cpu_count()} cores)\n")
-    print("| command | measured to | median s | max s | to exit, median s | peak RSS median MB | max MB | first line of output |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, main_t, exits, rss, first_line in rows:
+    print("| command | measured to | median s | max s | to exit, median s | CPU s, median | peak RSS median MB | max MB | first line of output |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, main_t, exits, rss, cpus, first_line in rows:
         to = "first answer token" if name == "rag ask" else "output complete"
         print(f"| `{name}` | {to} | {statistics.median(main_t):.2f} | {max(main_t):.2f} | {statistics.median(exits):.2f} | "
-              f"{statistics.median(rss):.0f} | {max(rss):.0f} | {first_line} |")
+              f"{statistics.median(cpus):.2f} | {statistics.median(rss):.0f} | {max(rss):.0f} | {first_line} |")
     return 0
 
 
