@@ -290,3 +290,17 @@ def test_rollback_references_segments(segmented, hash_config):
     assert sorted(k for k in m["files"] if k.startswith("segments/")) == sorted(k for k in m_old["files"] if k.startswith("segments/"))
     assert RAG(idx).verify()["chunks"] == m_old["counts"]["chunks"]
     assert [(h.chunk.id, round(h.score, 5)) for h in RAG(idx, hash_config).search("protein cell", top_k=5)] == want
+
+
+def test_version_sizes_count_shared_segments_once(segmented):
+    from rag.index.versions import disk_usage, list_versions
+
+    idx, _ = segmented
+    seg_bytes = sum(p.stat().st_size for p in (idx / "segments").rglob("*") if p.is_file())
+    vs = list_versions(idx)
+    assert len(vs) >= 3
+    gen_bytes = sum(p.stat().st_size for g in idx.glob("gen-*") for p in g.rglob("*") if p.is_file())
+    assert sum(v["bytes"] for v in vs) == seg_bytes + gen_bytes == disk_usage(idx)["bytes"]
+    cur = idx / json.loads((idx / "manifest.json").read_text())["gen_dir"]
+    cur_bytes = sum(p.stat().st_size for p in cur.rglob("*") if p.is_file())
+    assert disk_usage(idx)["current_bytes"] == seg_bytes + cur_bytes  # no merge yet: it lists every segment

@@ -143,6 +143,18 @@ def _dir_bytes(paths: Sequence[Path], seen: set[tuple[int, int]]) -> int:
     return total
 
 
+def _gen_paths(index_dir: Path, g: int) -> list[Path]:
+    """A generation's folder plus the shared segment folders it lists (:mod:`rag.index.segments`)."""
+    from .segments import SEGMENT_LIST, SEGMENTS
+
+    folder = Path(index_dir) / _gen_name(g)
+    try:
+        names = json.loads((folder / SEGMENT_LIST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        names = []
+    return [folder, *(Path(index_dir) / SEGMENTS / str(n) for n in names)]
+
+
 def list_versions(index_dir: str | Path) -> list[dict[str, Any]]:
     """The kept generations, oldest first: ``generation``, ``time`` (UTC commit time),
     ``documents``, ``chunks``, ``files``, ``changes`` (added/changed/removed file lists or None),
@@ -167,7 +179,7 @@ def list_versions(index_dir: str | Path) -> list[dict[str, Any]]:
             "changes": rec.get("changes") if rec else None,
             "restored_from": (rec or {}).get("restored_from") or (m or {}).get("restored_from"),
             "current": g == int(current["generation"]),
-            "bytes": _dir_bytes([d / _gen_name(g)], seen),
+            "bytes": _dir_bytes(_gen_paths(d, g), seen),
             "restorable": m is not None,
         })
     return out
@@ -178,7 +190,7 @@ def disk_usage(index_dir: str | Path) -> dict[str, Any]:
     "current_bytes": the current one's}`` for ``rag info``."""
     vs = list_versions(index_dir)
     cur = next((v for v in vs if v["current"]), None)
-    cur_bytes = _dir_bytes([Path(index_dir) / _gen_name(cur["generation"])], set()) if cur else 0
+    cur_bytes = _dir_bytes(_gen_paths(Path(index_dir), cur["generation"]), set()) if cur else 0
     return {"generations": len(vs), "bytes": sum(v["bytes"] for v in vs), "current_bytes": cur_bytes}
 
 
