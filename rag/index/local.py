@@ -98,7 +98,7 @@ class LocalReader:
         sizes: dict[str, int] = {}
         for rel, inf in m["files"].items():
             name = rel.split("/", 1)[1] if "/" in rel else rel
-            top = name.split("/", 1)[0]
+            top = "segments" if rel.startswith("segments/") else name.split("/", 1)[0]
             sizes[top] = sizes.get(top, 0) + int(inf["size"])
         cache = self.snapshot.index_dir / "embcache.sqlite"
         if cache.exists():
@@ -107,7 +107,8 @@ class LocalReader:
             st = self.snapshot.docstore.stats()
         return {"format_version": m["format_version"], "generation": m["generation"], "created": m.get("created"),
                 "updated": m.get("updated"), "embedder": m["embedder"], "dense_index": m.get("dense", {}).get("kind"),
-                **st, "sizes_bytes": sizes, "total_bytes": sum(sizes.values())}
+                **st, "sizes_bytes": sizes, "total_bytes": sum(sizes.values()),
+                "segments": len(m.get("segments") or []), "tombstones": int(m.get("tombstones", 0))}
 
     # ---- filters ----------------------------------------------------------------------------
     def allowed(self, flt: Filter) -> np.ndarray | None:
