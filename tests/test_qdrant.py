@@ -47,9 +47,10 @@ def _unit(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _write(ix, docs: dict[str, list[str]], *, dim: int = 8, acl: dict[str, tuple] | None = None, avgdl=None, seed=0):
+def _write(ix, docs: dict[str, list[str]], *, dim: int = 8, acl: dict[str, tuple] | None = None, avgdl=None, seed=0,
+           model_id: str = "t"):
     """Ingest ``{source: [chunk texts]}`` through the writer; returns the commit's metadata."""
-    with ix.writer(embedder={"name": "t", "model_id": "t", "dim": dim}, settings={"bm25": {}}, avgdl=avgdl) as w:
+    with ix.writer(embedder={"name": model_id, "model_id": model_id, "dim": dim}, settings={"bm25": {}}, avgdl=avgdl) as w:
         for j, (src, texts) in enumerate(docs.items()):
             rec = DocumentRecord(key=src, source=src, content_hash=f"c{j}", text_hash=f"t{j}", metadata={"type": "text"},
                                  acl=(acl or {}).get(src, ()))
@@ -285,3 +286,26 @@ def test_lock_of_another_host_expires(tmp_path):
     with ix.lease() as r:
         assert r.generation == 2 and r.counts.chunks == 2
     assert not ix.client("collection_exists", ix.lock_name)
+
+
+def test_hybrid_is_one_round_trip(tmp_path, monkeypatch):
+    """A hybrid search costs one metadata read, ONE query request for both candidate lists and
+    one read of the hits' chunks."""
+    from rag.engine import QueryEngine
+    from rag.index.qdrant.index import Client
+    from rag.testing import HashEmbedder
+
+    ix = open_qdrant(f"qdrant+local:{tmp_path / 'q'}")
+    _write(ix, {f"/d/{i}.txt": [t] for i, t in enumerate(TEXTS[:6])}, dim=64, model_id="hash-64")
+    eng = QueryEngine(ix, RagConfig.from_dict({"embedding": {"model": "testing:hash-64"}}), embedder=HashEmbedder(64))
+    calls: list[str] = []
+    real = Client.__call__
+
+    def counting(self, method, *a, **kw):
+        calls.append(method)
+        return real(self, method, *a, **kw)
+
+    monkeypatch.setattr(Client, "__call__", counting)
+    hits = eng.search("adler-32 checksum", top_k=3, mode="hybrid").hits
+    assert hits and calls.count("query_batch_points") == 1 and "query_points" not in calls
+    assert calls == ["collection_exists", "retrieve", "query_batch_points", "retrieve"]
