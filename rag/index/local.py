@@ -477,6 +477,7 @@ class LocalWriter:
         self.tx.docstore.commit()
         ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
         vecs = np.concatenate(self._vecs) if self._vecs else np.zeros((0, self.dim), np.float32)
+        self._ids, self._vecs = [], []  # the concatenated copies are all that is needed now
         bm25 = self.index.bm25
         if bm25 is None:
             names = set(BM25Config.__dataclass_fields__)
