@@ -248,7 +248,7 @@ def test_format2_index_opens_and_becomes_segment_zero(tmp_path, hash_config):
     assert before and all(i in set(ids.tolist()) for i, _ in before)
     rag.ingest([str(f) for f in _write_files(tmp_path / "b", 2, seed=4, prefix="b-")])
     with LocalIndex(idx).lease() as r:
-        assert len(r.manifest["segments"]) == 2
+        assert len(r.manifest["segments"]) == 2 and r.manifest["segments"][0]["dense"] == m["dense"]["kind"] == "flat"
         bm25, dense = _reference(r)
         got = r.sparse_search("protein cell", 10, Filter())
         ref_s, ref_i = bm25.search("protein cell", 10)

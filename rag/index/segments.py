@@ -209,11 +209,12 @@ def build_postings(texts: Sequence[str], bm25_config: Any) -> tuple[dict[str, np
 
 def write_segment(index_dir: Path, name: str, ids: np.ndarray, vectors: np.ndarray, texts: Sequence[str], *,
                   bm25_config: Any, ann_threshold: int, link_dense: Path | None = None,
-                  link_vectors: Path | None = None) -> tuple[SegmentSpec, dict[str, dict[str, Any]]]:
+                  link_vectors: Path | None = None, dense_kind: str = "flat") -> tuple[SegmentSpec, dict[str, dict[str, Any]]]:
     """Write ``segments/NAME/`` atomically (temp folder, fsync, rename). ``ids`` (n,) int64
     ascending, ``vectors`` (n, dim) float32 rows as ``ids``, ``texts`` the index texts (title +
     chunk text). ``link_dense``/``link_vectors``: existing files with exactly these rows to
-    hard-link instead of rebuilding (migration of a format-2 generation). Returns the spec and
+    hard-link instead of rebuilding (migration of a format-2 generation; ``dense_kind`` then
+    names the linked index's kind, from its manifest). Returns the spec and
     ``{relative path: {size, sha256}}`` for the manifest."""
     from .dense import DenseIndex
 
@@ -234,7 +235,7 @@ def write_segment(index_dir: Path, name: str, ids: np.ndarray, vectors: np.ndarr
     kind = "hnsw" if ids.shape[0] >= ann_threshold else "flat"
     if link_dense is not None:
         _link_or_copy(link_dense, tmp / DENSE)
-        kind = DenseIndex.load(tmp / DENSE).kind
+        kind = dense_kind
     else:
         DenseIndex.build(np.asarray(vectors, dtype=np.float32), ids, ann_threshold=ann_threshold).save(tmp / DENSE)
     arrays, vocab, tok = build_postings(texts, bm25_config)
@@ -465,7 +466,8 @@ def _migrate(tx: Any, name: str, bm25_config: Any, ann_threshold: int) -> tuple[
              tx.store.dir, base.generation, ids.size)
     spec, files = write_segment(tx.store.dir, name, ids, None, index_texts(base.docstore, ids), bm25_config=bm25_config,
                                 ann_threshold=ann_threshold, link_dense=gen_dir / "dense.faiss",
-                                link_vectors=gen_dir / "vectors.npy")
+                                link_vectors=gen_dir / "vectors.npy",
+                                dense_kind=str((base.manifest.get("dense") or {}).get("kind", "flat")))
     return [spec], files
 
 
