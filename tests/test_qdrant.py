@@ -308,4 +308,4 @@ def test_hybrid_is_one_round_trip(tmp_path, monkeypatch):
     monkeypatch.setattr(Client, "__call__", counting)
     hits = eng.search("adler-32 checksum", top_k=3, mode="hybrid").hits
     assert hits and calls.count("query_batch_points") == 1 and "query_points" not in calls
-    assert calls == ["collection_exists", "retrieve", "query_batch_points", "retrieve"]
+    assert calls == ["retrieve", "query_batch_points", "retrieve"]

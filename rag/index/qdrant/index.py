@@ -223,12 +223,15 @@ class QdrantIndex:
             if required:
                 raise IndexNotFoundError(f"{self.loc}: no Qdrant folder here (run `rag ingest PATH --index {self.loc}` first)")
             return None
-        if not self.client("collection_exists", self.records):
+        try:  # one round trip per lease; the existence check only when it fails
+            pts = self.client("retrieve", self.records, ids=[META_ID], with_payload=True)
+        except IndexNotFoundError:
+            if self.client("collection_exists", self.records):
+                raise
             if required:
                 raise IndexNotFoundError(f"{self.loc}: no collection {self.name!r} "
-                                         f"(run `rag ingest PATH --index {self.loc}` first)")
+                                         f"(run `rag ingest PATH --index {self.loc}` first)") from None
             return None
-        pts = self.client("retrieve", self.records, ids=[META_ID], with_payload=True)
         if not pts:
             if required:
                 raise IndexNotFoundError(f"{self.loc}: collection {self.name!r} has no rag metadata (not written by rag?)")
