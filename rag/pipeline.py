@@ -116,20 +116,6 @@ class RAG:
         with self.store.lease() as reader:
             return reader.generation
 
-    @property
-    def snapshot(self):
-        """Deprecated (unleased): the current local Snapshot, held only until the next access.
-        Use ``with rag.lease() as reader`` instead."""
-        import warnings
-
-        warnings.warn("RAG.snapshot is deprecated; use `with rag.lease() as reader`", DeprecationWarning, stacklevel=2)
-        cm = self.store.lease()
-        reader = cm.__enter__()
-        old, self._legacy_lease = getattr(self, "_legacy_lease", None), cm
-        if old is not None:
-            old.__exit__(None, None, None)
-        return reader.snapshot
-
     def close(self) -> None:
         self.engine.close()
 
