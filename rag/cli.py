@@ -389,33 +389,9 @@ def _print_citations(ans) -> None:
         click.echo(f"(dropped citation markers that point at no source: {', '.join(f'[{n}]' for n in ans.dropped_markers)})")
 
 
-# ---- index management -----------------------------------------------------------------------
-@cli.command()
-@index_option
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def info(ctx, index, as_json):
-    """Show documents, chunks, sources by type, embedder, sizes on disk and last update."""
-    rag = _open(ctx, index)
-    inf = rag.info()
-    inf.update(_ops.ops_info(rag, index))  # tags, kept generations
-    if as_json:
-        _emit_json(inf)
-        return
-    click.echo(f"Index {inf['index']} (format {inf['format_version']}, generation {inf['generation']})")
-    click.echo(f"  files: {inf['files']}  documents: {inf['documents']}  chunks: {inf['chunks']}  "
-               f"duplicate documents: {inf['duplicate_documents']}")
-    click.echo("  documents by type: " + (", ".join(f"{k} {v}" for k, v in inf["documents_by_type"].items()) or "none"))
-    e = inf["embedder"]
-    click.echo(f"  embedder: {e.get('name')} ({e.get('model_id')}, dim {e.get('dim')}); dense index: {inf['dense_index']}")
-    click.echo("  size on disk: " + ", ".join(f"{k} {_human(v)}" for k, v in inf["sizes_bytes"].items())
-               + f"; total {_human(inf['total_bytes'])}")
-    click.echo(f"  created {inf['created']}, last update {inf['updated']}")
-    for line in _ops.ops_info_lines(inf):
-        click.echo(line)
-
-
+# ---- index management: info, delete, verify, repair (rag/cli_index.py) ----------------------
 def _human(n: int) -> str:
+    """Bytes as B / KB / MB / GB (1024-based), one decimal above bytes."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -423,49 +399,9 @@ def _human(n: int) -> str:
     return str(n)
 
 
-@cli.command()
-@click.argument("sources", nargs=-1, required=True)
-@index_option
-@click.option("--wait", "wait_s", type=float, default=0.0)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def delete(ctx, sources, index, wait_s, as_json):
-    """Remove the documents of SOURCES (file paths, folders or globs) from the index."""
-    rag = _open(ctx, index)
-    r = rag.delete(list(sources), wait_s=wait_s)
-    if as_json:
-        _emit_json(r.to_dict())
-        return
-    if not r.files_removed:
-        _fail(f"no indexed source matches {', '.join(sources)}")
-    click.echo(f"Removed {len(r.files_removed)} source(s), {r.chunks_removed} chunk(s); index now has "
-               f"{r.total_documents} documents, {r.total_chunks} chunks.")
+from . import cli_index as _index_cmds  # noqa: E402 - registers on the group defined above
 
-
-@cli.command()
-@index_option
-@click.option("--at", "at_gen", type=int, default=None, help="Check kept generation GEN instead of the current one.")
-@click.pass_context
-def verify(ctx, index, at_gen):
-    """Check every file's checksum and that docstore, FAISS and BM25 agree."""
-    from .index.versions import verify_generation
-    from .pipeline import RAG
-
-    res = verify_generation(index, at_gen) if at_gen is not None else RAG(index).verify()
-    click.echo(f"Index {res['index']} is consistent: generation {res['generation']}, {res['documents']} documents, "
-               f"{res['chunks']} chunks.")
-
-
-@cli.command()
-@index_option
-@click.option("--wait", "wait_s", type=float, default=0.0)
-@click.pass_context
-def repair(ctx, index, wait_s):
-    """Rebuild derived files (FAISS from stored vectors, BM25 from the docstore)."""
-    from .pipeline import RAG
-
-    res = RAG(index).repair(wait_s=wait_s)
-    click.echo(f"Repaired {res['index']}: generation {res['generation']}, {res['chunks']} chunks.")
+_index_cmds.register(cli)
 
 
 # ---- evaluation -----------------------------------------------------------------------------
