@@ -10,7 +10,6 @@ Recall@100, and MRR@10 (``recip_rank`` on the top 10).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import RagConfig
+from .hashing import sha256_hex
 from .errors import ConfigError
 
 MEASURES = {"ndcg_cut_10": "nDCG@10", "recall_10": "Recall@10", "recall_100": "Recall@100"}
@@ -80,7 +80,7 @@ def default_eval_index(dataset_dir: Path, config: RagConfig) -> Path:
     """A persistent index folder per dataset and index settings, so a second evaluation reuses
     it (incremental ingest makes the re-check a content-hash comparison)."""
     key = json.dumps({k: config.to_dict()[k] for k in ("embedding", "chunking", "bm25", "dedup")}, sort_keys=True)
-    h = hashlib.sha256((str(Path(dataset_dir).resolve()) + key).encode()).hexdigest()[:10]
+    h = sha256_hex(str(Path(dataset_dir).resolve()) + key)[:10]
     return Path("indexes") / "eval" / f"{Path(dataset_dir).resolve().name}-{h}"
 
 
