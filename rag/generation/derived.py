@@ -56,6 +56,16 @@ def find_derived(gguf_path: str | Path) -> Path | None:
     return folder if (folder / MARKER).is_file() and (folder / "model.safetensors").is_file() else None
 
 
+def load_tokenizer(folder: str | Path):
+    """The derived folder's tokenizer as a ``PreTrainedTokenizerFast`` read from its
+    ``tokenizer.json`` and ``tokenizer_config.json`` (chat template, special tokens): 0.25 CPU s
+    against 1.0 for ``AutoTokenizer``'s class resolution on this machine; :func:`derive` checks
+    that it renders and tokenises the probe prompt exactly as the GGUF's tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
 def _probe_ids(tok):
     import torch
 
@@ -70,7 +80,7 @@ def derive(gguf_model, gguf_tokenizer, gguf_path: str | Path) -> Path | None:
     :data:`MAX_LOGPROB_DIFF`). Costs about 3 s plus one load of the copy."""
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     try:
         target = derived_folder(gguf_path)
@@ -88,7 +98,7 @@ def derive(gguf_model, gguf_tokenizer, gguf_path: str | Path) -> Path | None:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             del state
             copy = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True).eval()
-            copy_tok = AutoTokenizer.from_pretrained(str(tmp))
+            copy_tok = load_tokenizer(tmp)
             text, ids = _probe_ids(gguf_tokenizer)
             text2, ids2 = _probe_ids(copy_tok)
             if text != text2 or not torch.equal(ids, ids2):

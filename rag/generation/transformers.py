@@ -153,7 +153,12 @@ class TransformersGenerator:
                 kw: dict = {}
                 if gguf:
                     kw["gguf_file"] = gguf
-                tok = AutoTokenizer.from_pretrained(path, **kw)
+                if self._derived is not None:
+                    from .derived import load_tokenizer
+
+                    tok = load_tokenizer(path)
+                else:
+                    tok = AutoTokenizer.from_pretrained(path, **kw)
                 cfg = AutoConfig.from_pretrained(path, **kw)
                 seq2seq = bool(getattr(cfg, "is_encoder_decoder", False))
                 cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
