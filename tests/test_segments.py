@@ -82,7 +82,13 @@ def _same_ranking(ids, scores, ref_ids, ref_scores, what) -> None:
             assert a == b, (what, s, a, b)
 
 
-def test_segment_search_equals_full_rebuild(segmented):
+@pytest.mark.parametrize("many_dead", [False, True], ids=["few-tombstones", "many-tombstones"])
+def test_segment_search_equals_full_rebuild(segmented, monkeypatch, many_dead):
+    from rag.index import segment_search
+
+    if many_dead:  # the paths for segments with many tombstones: row masks, live ids as a FAISS filter
+        monkeypatch.setattr(segment_search, "FEW_DEAD", 0)
+        monkeypatch.setattr(segment_search, "OVERFETCH_MAX", 0)
     idx, _ = segmented
     emb = HashEmbedder(64)
     with LocalIndex(idx).lease() as r:
