@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -259,6 +260,30 @@ def export(st_model, folder: str | Path, target: Path, max_seq_length: int, norm
             _unlink(tmp)
 
 
+class _DropRootRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root"
+
+
+@contextmanager
+def _root_logger_untouched():
+    """``quantize_dynamic`` advises pre-processing through ``logging.warning`` on the root
+    logger, which also installs a stderr handler for the whole process (``basicConfig``). The
+    CLI owns the terminal: drop records logged on the root logger itself while quantising and
+    remove any handler that appeared (runs once per model and machine, under the export lock)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    flt = _DropRootRecords()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+        for h in list(root.handlers):
+            if h not in before:
+                root.removeHandler(h)
+
+
 def quantize_int8(fp32: OnnxEncoder, target: Path) -> OnnxEncoder | None:
     """Derive the int8 graph from the fp32 ``fp32`` encoder's file with
     ``onnxruntime.quantization.quantize_dynamic`` (signed int8 weights, per-channel for MatMul,
@@ -272,7 +297,7 @@ def quantize_int8(fp32: OnnxEncoder, target: Path) -> OnnxEncoder | None:
 
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _root_logger_untouched():
                 warnings.simplefilter("ignore")
                 quantize_dynamic(str(fp32.path), tmp, weight_type=QuantType.QInt8, per_channel=True,
                                  op_types_to_quantize=["MatMul"])
