@@ -33,6 +33,9 @@ def main() -> int:
         qs = [json.loads(line)["text"] for line in QUERIES.open(encoding="utf-8")][: args.queries]
     else:
         qs = [f"what does study {i} say about protein {i % 17} expression in tumours?" for i in range(args.queries)]
+    import torch
+
+    torch.set_num_threads(1)  # the PyTorch row is "1 thread": a single short query gains nothing from more
     rows, vecs = [], {}
     for name, backend in (("PyTorch, 1 thread", "torch"), ("ONNX Runtime (default)", "auto")):
         emb = SentenceTransformerEmbedder(EmbeddingConfig(query_backend=backend))
