@@ -1,4 +1,4 @@
-"""``rag info``, ``rag delete``, ``rag verify`` and ``rag repair``: index management commands,
+"""``rag info``, ``rag delete``, ``rag verify``, ``rag repair`` and ``rag optimize``: index management commands,
 registered on the click group of :mod:`rag.cli` (which owns parsing helpers and output rules:
 one-line errors, ``--json``)."""
 
@@ -8,7 +8,7 @@ import click
 
 
 def register(cli: click.Group) -> None:
-    """Add info, delete, verify and repair to ``cli``."""
+    """Add info, delete, verify, repair and optimize to ``cli``."""
     from . import cli as c
 
     @cli.command()
@@ -29,6 +29,8 @@ def register(cli: click.Group) -> None:
         click.echo("  documents by type: " + (", ".join(f"{k} {v}" for k, v in inf["documents_by_type"].items()) or "none"))
         e = inf["embedder"]
         click.echo(f"  embedder: {e.get('name')} ({e.get('model_id')}, dim {e.get('dim')}); dense index: {inf['dense_index']}")
+        if isinstance(inf.get("segments"), int) and inf["segments"]:  # local index of segments (docs/segments.md)
+            click.echo(f"  segments: {inf['segments']} ({inf.get('tombstones', 0)} deleted chunks awaiting a merge)")
         click.echo("  size on disk: " + ", ".join(f"{k} {c._human(v)}" for k, v in inf["sizes_bytes"].items())
                    + f"; total {c._human(inf['total_bytes'])}")
         click.echo(f"  created {inf['created']}, last update {inf['updated']}")
@@ -79,3 +81,14 @@ def register(cli: click.Group) -> None:
 
         res = RAG(index).repair(wait_s=wait_s)
         click.echo(f"Repaired {res['index']}: generation {res['generation']}, {res['chunks']} chunks.")
+
+    @cli.command()
+    @c.index_option
+    @click.option("--wait", "wait_s", type=float, default=0.0)
+    @click.pass_context
+    def optimize(ctx, index, wait_s):
+        """Merge every segment into one, tombstones purged (a local index; what repair rebuilds)."""
+        from .pipeline import RAG
+
+        res = RAG(index).repair(wait_s=wait_s)
+        click.echo(f"Optimized {res['index']}: generation {res['generation']}, one segment of {res['chunks']} chunks.")

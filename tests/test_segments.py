@@ -310,3 +310,19 @@ def test_version_sizes_count_shared_segments_once(segmented):
     cur = idx / json.loads((idx / "manifest.json").read_text())["gen_dir"]
     cur_bytes = sum(p.stat().st_size for p in cur.rglob("*") if p.is_file())
     assert disk_usage(idx)["current_bytes"] == seg_bytes + cur_bytes  # no merge yet: it lists every segment
+
+
+def test_cli_info_and_optimize(segmented, hash_config):
+    from click.testing import CliRunner
+
+    from rag.cli import cli
+
+    idx, _ = segmented
+    before = [(h.chunk.id, round(h.score, 5)) for h in RAG(idx, hash_config).search("patient risk", top_k=5)]
+    out = CliRunner().invoke(cli, ["info", "--index", str(idx)])
+    assert out.exit_code == 0 and "segments: 4 (" in out.output, out.output
+    out = CliRunner().invoke(cli, ["optimize", "--index", str(idx)])
+    assert out.exit_code == 0 and "one segment of" in out.output, out.output
+    m = json.loads((idx / "manifest.json").read_text())
+    assert len(m["segments"]) == 1 and m["tombstones"] == 0
+    assert [(h.chunk.id, round(h.score, 5)) for h in RAG(idx, hash_config).search("patient risk", top_k=5)] == before
