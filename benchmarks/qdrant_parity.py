@@ -204,17 +204,21 @@ def main() -> int:
     back_dir = str(tmp / "back")
     rep = migrate(args.qdrant, back_dir)
     back = engine_for(back_dir)
-    same_back = same_q = 0
+    same_back = same_q = ids_back = 0
+    max_diff = 0.0
     cmp = qids[: args.compare]
     for qid in cmp:
         res = [e.search(queries[qid], top_k=10, mode="hybrid").hits for e in (engines["local"], engines["qdrant"], back)]
         key = [[(h.chunk.id, round(h.score, 5)) for h in r] for r in res]
         same_back += key[0] == key[2]
+        ids_back += [h.chunk.id for h in res[0]] == [h.chunk.id for h in res[2]]
+        max_diff = max([max_diff] + [abs(h.score - g.score) for h, g in zip(res[0], res[2])])
         same_q += [h.chunk.id for h in res[0]] == [h.chunk.id for h in res[1]] and \
             np.allclose([h.score for h in res[0]], [h.score for h in res[1]], atol=1e-4)
     say(f"migrate back {args.qdrant} -> {back_dir}: {rep['chunks']} chunks in {rep['seconds']:.1f} s; hybrid top 10 of "
         f"the first {len(cmp)} queries: identical chunk ids and scores (5 decimals) to the original local index for "
-        f"{same_back}/{len(cmp)}; Qdrant itself: same ids and scores within 1e-4 for {same_q}/{len(cmp)}")
+        f"{same_back}/{len(cmp)} (same chunk ids for {ids_back}/{len(cmp)}, largest score difference {max_diff:.2g}); "
+        f"Qdrant itself: same ids and scores within 1e-4 for {same_q}/{len(cmp)}")
     shutil.rmtree(tmp, ignore_errors=True)
     flush()
     # 2. BM25 studies on the local index
