@@ -179,7 +179,9 @@ class QdrantIndex:
 
         u = urlsplit(self.loc.url)
         root = Path(os.environ.get("RAG_CACHE_DIR") or Path.home() / ".cache" / "rag")
-        return root / "qdrant" / f"{u.hostname}_{u.port}_{self.name}"
+        side = root / "qdrant" / f"{u.hostname}_{u.port}_{self.name}"
+        side.mkdir(parents=True, exist_ok=True)
+        return side
 
     @property
     def cache_path(self):
