@@ -4,8 +4,10 @@ Protocol (see :mod:`.index`): mark the collection dirty; buffer chunk points (``
 and document/file records, flushing them in batches; mark replaced or deleted points and records
 ``g_del = G+1``; on :meth:`QdrantWriter.commit` flush, count, write the metadata point (the commit
 point), then delete what is gone. Nothing is visible to readers before the metadata point says
-``generation = G+1``. Chunk ids come from the metadata's ``next_chunk_id``; the ids a batch will
-use are reserved in the metadata before its points are written, so an id is never handed out twice.
+``generation = G+1``. Chunk ids come from the metadata's ``next_chunk_id``, which only a commit
+advances: like the local index, an interrupted write's ids were never visible and are handed out
+again by the next writer (after :meth:`QdrantIndex.cleanup` deleted its points), so a re-run after
+a crash gives the same chunk ids as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ class QdrantWriter:
         self.settings = dict(settings) if settings is not None else dict(self.meta.get("config") or {})
         self.fixed_avgdl = avgdl
         self.next_id = int(self.meta.get("next_chunk_id", 0))
-        self.reserved = self.next_id
         self.bm25 = dict(self.meta.get("bm25") or {})
         self.weighter: TermWeighter | None = None
         if self.bm25.get("avgdl"):
@@ -232,13 +233,9 @@ class QdrantWriter:
         return self.weighter
 
     def _flush(self) -> None:
-        """Write buffered points and records (ids reserved in the metadata first)."""
+        """Write buffered points and records."""
         m = _m()
         self.index.refresh_lock()
-        if self.next_id > self.reserved:
-            self.reserved = self.next_id
-            self.index.write_meta({**self.meta, "dirty": True, "writing": self.gen, "embedder": self.embedder,
-                                   "config": self.settings, "next_chunk_id": self.reserved})
         if self._points:
             w = self._ensure_weighter()
             batch = self.index.store.upsert_batch
@@ -314,7 +311,7 @@ class QdrantWriter:
             t = str(((p.payload or {}).get("meta") or {}).get("type", "unknown"))
             types[t] = types.get(t, 0) + 1
         new_meta = {**self.meta, "generation": self.gen, "updated": now_iso(), "embedder": self.embedder,
-                    "config": self.settings, "counts": counts, "next_chunk_id": max(self.next_id, self.reserved),
+                    "config": self.settings, "counts": counts, "next_chunk_id": self.next_id,
                     "bm25": bm, "dirty": True, "writing": None, "documents_by_type": dict(sorted(types.items()))}
         ix.write_meta(new_meta)  # <- the commit point
         self.committed = self._done = True
