@@ -326,3 +326,18 @@ def test_cli_info_and_optimize(segmented, hash_config):
     m = json.loads((idx / "manifest.json").read_text())
     assert len(m["segments"]) == 1 and m["tombstones"] == 0
     assert [(h.chunk.id, round(h.score, 5)) for h in RAG(idx, hash_config).search("patient risk", top_k=5)] == before
+
+
+def test_verify_at_kept_generation_checks_its_segments(segmented):
+    from rag.index.versions import list_versions, verify_generation
+
+    idx, _ = segmented
+    old = list_versions(idx)[-2]["generation"]
+    m = json.loads((idx / "versions" / f"gen-{old:06d}.json").read_text())["manifest"]
+    assert verify_generation(idx, old)["chunks"] == m["counts"]["chunks"]
+    p = idx / "segments" / m["segments"][0]["name"] / "vectors.npy"
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="vectors.npy"):
+        verify_generation(idx, old)
