@@ -59,6 +59,9 @@ def main() -> int:
     ap.add_argument("--index", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--exclude-limit", type=int, default=None,
+                    help="leave out the questions a run with --limit N took (to complete a split in two runs)")
+    ap.add_argument("--prefix", default="batch", help="batch file name prefix (a second run writes beside the first)")
     a = ap.parse_args()
     out = Path(a.out)
     if a.merge:
@@ -71,9 +74,12 @@ def main() -> int:
     rag = RAG.open(a.index)
     rag.ask("warm-up question to load the models?")
     qs = load_questions(d, a.limit, a.split)
+    if a.exclude_limit:
+        taken = {q["id"] for q in load_questions(d, a.exclude_limit, a.split)}
+        qs = [q for q in qs if q["id"] not in taken]
     with tempfile.TemporaryDirectory() as tmp:
         ood_path = d.parent / "beir-scifact" / "queries.jsonl"
-        if a.ood_limit and ood_path.exists():
+        if a.ood_limit and ood_path.exists() and not (out / "batch-ood.json").exists():
             sub = Path(tmp) / "ood"
             sub.mkdir()
             (sub / "passages.jsonl").symlink_to((d / "passages.jsonl").resolve())
@@ -86,7 +92,7 @@ def main() -> int:
             (sub / "passages.jsonl").symlink_to((d / "passages.jsonl").resolve())
             (sub / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs[b : b + a.batch]))
             res = evaluate_qa(sub, rag.ask, stream=rag.stream, per_question=True)
-            (out / f"batch-{b:05d}.json").write_text(json.dumps(res))
+            (out / f"{a.prefix}-{b:05d}.json").write_text(json.dumps(res))
     print(json.dumps(merge(out), indent=1))
     return 0
 
