@@ -225,20 +225,42 @@ class QueryEngine:
     def stream(self, question: str, top_k: int | None = None, *, history: Sequence[Mapping[str, str]] | None = None,
                filters=None, principals: Sequence[str] | None = None) -> Iterator[str | Answer]:
         """Yield answer text pieces, then the final :class:`Answer` (``"".join(pieces) == text``)."""
+        events = self.stream_events(question, top_k, history=history, filters=filters, principals=principals)
+        try:
+            for ev in events:
+                if not isinstance(ev, SearchResult):
+                    yield ev
+        finally:
+            events.close()
+
+    def stream_events(self, question: str, top_k: int | None = None, *,
+                      history: Sequence[Mapping[str, str]] | None = None, filters=None,
+                      principals: Sequence[str] | None = None) -> Iterator[SearchResult | str | Answer]:
+        """:meth:`stream` with the retrieval announced first: yield the :class:`SearchResult`
+        (``query`` = the standalone query searched; its hits are the ones ``[n]`` cites), then
+        the text pieces, then the final Answer. Why: a server sends the sources before the
+        first token. Closing the iterator closes the answerer's stream (generation stops)."""
         _check_question(question, "question")
         t0 = time.perf_counter()
         query, res = self.retrieve_for_answer(question, history, top_k, filters, principals)
+        yield res if res.query == query else replace(res, query=query)
         first = None
-        for piece in self.answerer.stream(query, list(res.hits), history=history, **self._answer_kw(res)):
-            if isinstance(piece, Answer):
-                timings = {**res.timings, **piece.timings, "total_s": time.perf_counter() - t0}
-                if first is not None:
-                    timings["first_token_s"] = first
-                yield replace(piece, question=question, query=query, timings=timings, generation=res.generation)
-            else:
-                if first is None:
-                    first = time.perf_counter() - t0
-                yield piece
+        pieces = self.answerer.stream(query, list(res.hits), history=history, **self._answer_kw(res))
+        try:
+            for piece in pieces:
+                if isinstance(piece, Answer):
+                    timings = {**res.timings, **piece.timings, "total_s": time.perf_counter() - t0}
+                    if first is not None:
+                        timings["first_token_s"] = first
+                    yield replace(piece, question=question, query=query, timings=timings, generation=res.generation)
+                else:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    yield piece
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
 
     def hits(self, query: str, top_k: int | None = None, **kw: Any) -> list[Hit]:
         """``search(...).hits`` as a list (the facade's ``RAG.search`` contract)."""

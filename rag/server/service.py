@@ -8,7 +8,6 @@ reads of one request come from one committed index state, and commits (by the jo
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import RagError
-from ..types import Answer, Hit
+from ..types import Answer, Hit, SearchResult
 from .schemas import Display
 
 log = logging.getLogger("rag")
@@ -124,43 +123,17 @@ class Service:
 
     def _answer_events(self, question: str, *, history: Sequence[Mapping[str, str]], top_k: int | None,
                        filters: Mapping[str, Any] | None, principals: Sequence[str] | None) -> Iterator[Sources | str | Answer]:
-        engine = self.rag.engine
-        if hasattr(engine, "stream_events"):
-            events = engine.stream_events(question, top_k, history=list(history), filters=filters, principals=principals)
-            try:
-                for ev in events:
-                    if hasattr(ev, "hits") and not isinstance(ev, Answer):
-                        yield Sources(query=ev.query or question, hits=tuple(ev.hits), generation=ev.generation)
-                    else:
-                        yield ev
-            finally:
-                events.close()
-            return
-        # QueryEngine.stream in its public steps, so the hits are known before the first piece.
-        from dataclasses import replace
-
-        t0 = time.perf_counter()
-        query, res = engine.retrieve_for_answer(question, list(history), top_k, filters, principals)
-        yield Sources(query=query, hits=tuple(res.hits), generation=res.generation)
-        first = None
-        answerer = engine.answerer
-        kw = {"query_vector": res.query_vector} if _takes_query_vector(answerer) else {}
-        pieces = answerer.stream(query, list(res.hits), history=list(history), **kw)
+        # QueryEngine.stream_events: the same steps as RAG.stream, the retrieval announced first.
+        events = self.rag.engine.stream_events(question, top_k, history=list(history), filters=filters,
+                                               principals=principals)
         try:
-            for piece in pieces:
-                if isinstance(piece, Answer):
-                    timings = {**res.timings, **piece.timings, "total_s": time.perf_counter() - t0}
-                    if first is not None:
-                        timings["first_token_s"] = first
-                    yield replace(piece, question=question, query=query, timings=timings, generation=res.generation)
+            for ev in events:
+                if isinstance(ev, SearchResult):
+                    yield Sources(query=ev.query or question, hits=tuple(ev.hits), generation=ev.generation)
                 else:
-                    if first is None:
-                        first = time.perf_counter() - t0
-                    yield piece
+                    yield ev
         finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()
+            events.close()
 
     def documents(self, principals: Sequence[str] | None) -> list[dict[str, Any]]:
         """The indexed files the caller may see, one dict per file: ``id``, ``source`` (shown
@@ -218,15 +191,3 @@ class Service:
         store.ensure_session(session_id, owner)
         rec = record_answer(store, self.rag, answer, user_id=user_id, session_id=session_id, latency_s=latency_s)
         return rec.get("turn")
-
-
-@functools.lru_cache(maxsize=8)
-def _takes_query_vector_of(cls: type) -> bool:
-    import inspect
-
-    return "query_vector" in inspect.signature(cls.stream).parameters
-
-
-def _takes_query_vector(answerer) -> bool:
-    """Whether this answerer's stream() accepts the search's query vector (read once per class)."""
-    return _takes_query_vector_of(type(answerer))
