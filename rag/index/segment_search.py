@@ -155,7 +155,7 @@ class SegmentSet:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`rag.index.sparse.BM25Index.search` with global statistics: ``(scores
         float32 (m,), ids int64 (m,))``, score > 0, sorted by score descending then id."""
-        from .sparse import query_terms
+        from .sparse import accumulate_scores, query_terms
 
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {top_k}")
@@ -212,13 +212,7 @@ class SegmentSet:
                 pos, wts = pos[keep], wts[keep]
                 if pos.size == 0:
                     continue
-            if pos.size * 8 >= seg.rows:
-                acc = np.bincount(pos, weights=wts, minlength=seg.rows)
-                cand = np.flatnonzero(acc)
-                scores = acc[cand]
-            else:
-                cand, inv = np.unique(pos, return_inverse=True)
-                scores = np.bincount(inv, weights=wts)
+            cand, scores = accumulate_scores(pos, wts, seg.rows)
             positive = scores > 0
             if self.dead[i] is not None and few:  # drop tombstoned candidates (cand is ascending)
                 positive &= ~_in_sorted(cand, self.dead_pos[i])

@@ -272,14 +272,16 @@ def count_terms(texts: Sequence[str], tok: BM25Tokenizer, batch_size: int = 20_0
     return vocab_list, terms, tf, per_doc, doc_lengths
 
 
-def query_terms(tok: BM25Tokenizer, term_ids: Any, query: str) -> tuple[np.ndarray, np.ndarray]:
-    """Term ids and query term frequencies of ``query``. For English, a query word whose
-    British/American other spelling (:func:`spelling_variants`) stems to a different term the
-    index holds (``term_ids``: term -> id, any Mapping) also queries that term, with the word's count ("licence" finds "license":
-    Lucene-style query-time synonyms; the index itself is unchanged)."""
+def query_term_counts(tok: BM25Tokenizer, query: str, known: Any = None) -> Counter:
+    """Stemmed term -> how often it occurs in ``query`` (empty for a query with no words). For
+    English, a query word whose British/American other spelling (:func:`spelling_variants`)
+    stems to a different term also counts that term, with the word's count ("licence" finds
+    "license": Lucene-style query-time synonyms; the index itself is unchanged). ``known``
+    (any container of terms, or None for all) limits the variant terms added. Shared by the
+    local index (:func:`query_terms`) and Qdrant's sparse vectors (:mod:`rag.index.qdrant.terms`)."""
     words = tok.words(query)
     if not words:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return Counter()
     cache = tok.stem_map(words)
     stems = {w: cache[w] for w in set(words)}  # own copy: a later stem_map call may clear the cache
     counts = Counter(stems[w] for w in words)
@@ -291,14 +293,35 @@ def query_terms(tok: BM25Tokenizer, term_ids: Any, query: str) -> tuple[np.ndarr
                 continue
             vstems = tok.stem_map(variants)
             for v in {vstems[x] for x in variants}:
-                if v != stems[w] and v in term_ids and v not in counts:
+                if v != stems[w] and (known is None or v in known) and v not in counts:
                     extra[v] = max(extra[v], c)
         counts.update(extra)
+    return counts
+
+
+def query_terms(tok: BM25Tokenizer, term_ids: Any, query: str) -> tuple[np.ndarray, np.ndarray]:
+    """Term ids ((q,) int64) and query term frequencies ((q,) float32) of ``query``'s terms the
+    index holds (``term_ids``: term -> id, any Mapping); variant spellings as
+    :func:`query_term_counts`."""
+    counts = query_term_counts(tok, query, term_ids)
     pairs = [(term_ids[t], c) for t, c in counts.items() if t in term_ids]
     if not pairs:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     tids, qtf = zip(*pairs)
     return np.asarray(tids, np.int64), np.asarray(qtf, np.float32)
+
+
+def accumulate_scores(pos: np.ndarray, wts: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum posting weights per row: ``pos`` ((P,) int row positions < ``n_rows``) and ``wts``
+    ((P,) float) give the ascending rows with a posting and their summed scores (float64). A
+    dense bincount when P * 8 >= n_rows (cheaper then), else np.unique over the postings:
+    O(P log P). Shared by :class:`BM25Index` and the segment search."""
+    if pos.size * 8 >= n_rows:
+        acc = np.bincount(pos, weights=wts, minlength=n_rows)
+        cand = np.flatnonzero(acc)
+        return cand, acc[cand]
+    cand, inv = np.unique(pos, return_inverse=True)
+    return cand, np.bincount(inv, weights=wts)
 
 
 class BM25Index:
@@ -441,13 +464,7 @@ class BM25Index:
         pos, wts = self._postings(query)
         if pos.size == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if pos.size * 8 >= self.n_docs:  # dense accumulator is cheaper
-            acc = np.bincount(pos, weights=wts, minlength=self.n_docs)
-            cand = np.flatnonzero(acc)
-            scores = acc[cand]
-        else:
-            cand, inv = np.unique(pos, return_inverse=True)
-            scores = np.bincount(inv, weights=wts)
+        cand, scores = accumulate_scores(pos, wts, self.n_docs)
         positive = scores > 0  # only the 'robertson' test variant can produce scores <= 0
         if not positive.all():
             cand, scores = cand[positive], scores[positive]

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from ...config import BM25Config
-from ..sparse import BM25Tokenizer, spelling_variants
+from ..sparse import BM25Tokenizer, query_term_counts
 
 TERM_HASH = "blake2b-32"
 """Name of the term id function, stored in the collection metadata and checked on open."""
@@ -86,25 +86,10 @@ class TermWeighter:
     def query(self, text: str) -> tuple[list[int], list[float]]:
         """Sparse query vector: sorted term ids with weight = how often the term occurs in the
         query. English words also query their other British/American spelling's stem with the
-        word's count (as :meth:`BM25Index._query_terms`; a stem no chunk holds matches nothing)."""
-        tok = self.tokenizer
-        words = tok.words(text)
-        if not words:
+        word's count (:func:`rag.index.sparse.query_term_counts`; a stem no chunk holds matches nothing)."""
+        counts = query_term_counts(self.tokenizer, text)
+        if not counts:
             return [], []
-        cache = tok.stem_map(words)
-        stems = {w: cache[w] for w in set(words)}
-        counts: Counter = Counter(stems[w] for w in words)
-        if tok.language == "english":
-            extra: Counter = Counter()
-            for w, c in Counter(words).items():
-                variants = spelling_variants(w)
-                if not variants:
-                    continue
-                vstems = tok.stem_map(variants)
-                for v in {vstems[x] for x in variants}:
-                    if v != stems[w] and v not in counts:
-                        extra[v] = max(extra[v], c)
-            counts.update(extra)
         by_id: Counter = Counter()
         for t, c in counts.items():
             by_id[term_id(t)] += c
