@@ -313,21 +313,29 @@ class RagConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RagConfig":
         """Read a TOML file (data only). Raises ConfigError naming the file on parse errors."""
-        try:
-            import tomllib  # type: ignore[import-not-found]
-        except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+        data = read_toml(p, "config file")
         try:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The tables of the TOML file ``path`` (data only: TOML runs no code). Raises ConfigError
+    ``"<path>: <what> not found"`` or ``"<path>: not valid TOML (<reason>)"`` (one line).
+    Shared by the config file and the server's keys file (:mod:`rag.server.auth`)."""
+    try:
+        import tomllib  # type: ignore[import-not-found]
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
 
 
 def _checked(name: str, default: Any, annotation: Any, value: Any) -> Any:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config import read_toml
 from ..errors import ConfigError
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -98,17 +99,8 @@ class KeyStore:
         """Read a keys file. Raises ConfigError naming the file and the entry on a parse error,
         an unknown field, a hash that is not 64 hex characters, a repeated hash, a bad user or
         group name, or a file without keys."""
-        try:
-            import tomllib  # type: ignore[import-not-found]
-        except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: keys file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+        data = read_toml(p, "keys file")
         unknown = set(data) - {"keys"}
         if unknown:
             raise ConfigError(f"{p}: unknown top-level key {sorted(unknown)[0]!r} (expected [[keys]] tables)")
