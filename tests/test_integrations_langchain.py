@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +26,11 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from rag import RAG, IndexNotFoundError
 from rag.config import RagConfig
 from rag.integrations.langchain import RagRetriever, make_answer_tool
-from rag.loaders import LoaderOptions
+
+from acl_corpus import FILTERS, GROUPS, WORDS, build_acl_rag, visible
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Who wrote zlib?"
-GROUPS = ["hr", "eng", "legal"]
-WORDS = "salary budget merger contract launch roadmap invoice lawsuit hiring patent server outage audit".split()
-FAKE = {"embedding": {"model": "testing:hash-64"}, "generation": {"backend": "extractive"}, "dedup": {"enabled": False}}
 
 
 def format_docs(docs) -> str:
@@ -119,45 +116,9 @@ def test_answer_tool_returns_the_grounded_answer_with_citations(real_rag):
 
 
 # ---- fake-embedder index with access groups and metadata ------------------------------------
-def _write_acl_corpus(folder: Path, seed: int = 11, n_docs: int = 60) -> dict[str, dict]:
-    """Two JSONL files of records with random words, access groups and a language field."""
-    rng = random.Random(seed)
-    truth: dict[str, dict] = {}
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("a", "b"):
-        lines = []
-        for i in range(n_docs // 2):
-            rid = f"{name}{i}"
-            groups = sorted(rng.sample(GROUPS, rng.randint(0, 2)))
-            lang = rng.choice(["en", "de"])
-            truth[rid] = {"acl": set(groups), "lang": lang, "file": f"{name}.jsonl"}
-            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) + f" unique{rid}."
-            lines.append(json.dumps({"id": rid, "title": f"record {rid}", "text": text, "acl": groups, "lang": lang}))
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return truth
-
-
 @pytest.fixture(scope="module")
 def acl_rag(tmp_path_factory):
-    base = tmp_path_factory.mktemp("lc-acl")
-    truth = _write_acl_corpus(base / "corpus")
-    cfg = RagConfig.from_dict(FAKE)
-    RAG.create(base / "idx", cfg).ingest([base / "corpus"], loader_options=LoaderOptions(metadata_fields=("acl", "lang")))
-    return RAG.open(base / "idx", cfg), truth
-
-
-FILTERS = [None, {"source": "*/a.jsonl"}, {"lang": "de"}, {"lang": ["en", "de"]}, {"source": "*/b.jsonl", "lang": "en"}]
-
-
-def _visible(meta: dict, principals, filters) -> bool:
-    if principals is not None and meta["acl"] and not meta["acl"] & set(principals):
-        return False
-    for key, want in (filters or {}).items():
-        wanted = want if isinstance(want, list) else [want]
-        have = meta["file"] if key == "source" else meta[key]
-        if not any(have == w or (key == "source" and w.endswith("/" + have)) for w in wanted):
-            return False
-    return True
+    return build_acl_rag(tmp_path_factory.mktemp("lc-acl"), seed=11)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -174,7 +135,7 @@ def test_filters_and_principals_restrict_exactly_as_search(acl_rag, principals, 
     assert [d.metadata["chunk_id"] for d in docs] == [h.chunk.id for h in hits]
     assert [d.metadata["score"] for d in docs] == [h.score for h in hits]
     for d in docs:  # 0 leaks: every document is one this caller may see and these filters allow
-        assert _visible(truth[d.metadata["record_id"]], principals, filters), (d.metadata, principals, filters)
+        assert visible(truth[d.metadata["record_id"]], principals, filters), (d.metadata, principals, filters)
 
 
 def test_retriever_opens_an_index_path_and_reports_a_missing_one(acl_rag, tmp_path):
@@ -192,7 +153,7 @@ def test_answer_tool_keeps_the_principals_it_was_made_with(acl_rag):
         msg = tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": {"question": q}})
         assert msg.artifact == {**rag.ask(q, principals=["eng"]).to_dict(), "timings": msg.artifact["timings"]}
         for h in msg.artifact["hits"]:
-            assert _visible(truth[h["chunk"]["metadata"]["record_id"]], ["eng"], None)
+            assert visible(truth[h["chunk"]["metadata"]["record_id"]], ["eng"], None)
 
 
 # ---- packaging: lazy imports, one-line error without the extra ------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,12 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 
 from rag import RAG
-from rag.config import RagConfig
 from rag.integrations.llamaindex import LLM_METADATA_KEYS, RagRetriever
-from rag.loaders import LoaderOptions
+
+from acl_corpus import FILTERS, GROUPS, WORDS, build_acl_rag, visible
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Who wrote zlib?"
-GROUPS = ["hr", "eng", "legal"]
-WORDS = "salary budget merger contract launch roadmap invoice lawsuit hiring patent server outage audit".split()
-FAKE = {"embedding": {"model": "testing:hash-64"}, "generation": {"backend": "extractive"}, "dedup": {"enabled": False}}
 
 
 def _assert_same_as_hits(nodes, hits):
@@ -101,37 +97,7 @@ def test_llm_sees_only_source_title_page_and_headings(acl_rag):
 # ---- fake-embedder index with access groups and metadata ------------------------------------
 @pytest.fixture(scope="module")
 def acl_rag(tmp_path_factory):
-    base = tmp_path_factory.mktemp("li-acl")
-    rng = random.Random(5)
-    truth: dict[str, dict] = {}
-    (base / "corpus").mkdir()
-    for name in ("a", "b"):
-        lines = []
-        for i in range(30):
-            rid = f"{name}{i}"
-            groups = sorted(rng.sample(GROUPS, rng.randint(0, 2)))
-            lang = rng.choice(["en", "de"])
-            truth[rid] = {"acl": set(groups), "lang": lang, "file": f"{name}.jsonl"}
-            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) + f" unique{rid}."
-            lines.append(json.dumps({"id": rid, "title": f"record {rid}", "text": text, "acl": groups, "lang": lang}))
-        (base / "corpus" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    cfg = RagConfig.from_dict(FAKE)
-    RAG.create(base / "idx", cfg).ingest([base / "corpus"], loader_options=LoaderOptions(metadata_fields=("acl", "lang")))
-    return RAG.open(base / "idx", cfg), truth
-
-
-FILTERS = [None, {"source": "*/a.jsonl"}, {"lang": "de"}, {"lang": ["en", "de"]}, {"source": "*/b.jsonl", "lang": "en"}]
-
-
-def _visible(meta: dict, principals, filters) -> bool:
-    if principals is not None and meta["acl"] and not meta["acl"] & set(principals):
-        return False
-    for key, want in (filters or {}).items():
-        wanted = want if isinstance(want, list) else [want]
-        have = meta["file"] if key == "source" else meta[key]
-        if not any(have == w or (key == "source" and w.endswith("/" + have)) for w in wanted):
-            return False
-    return True
+    return build_acl_rag(tmp_path_factory.mktemp("li-acl"), seed=5)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -146,7 +112,7 @@ def test_filters_and_principals_restrict_exactly_as_search(acl_rag, principals, 
     hits = rag.search(query, top_k=top_k, mode=mode, filters=filters, principals=principals)
     assert [(n.node.node_id, n.score) for n in nodes] == [(str(h.chunk.id), h.score) for h in hits]
     for n in nodes:  # 0 leaks
-        assert _visible(truth[n.node.metadata["record_id"]], principals, filters), (n.node.metadata, principals, filters)
+        assert visible(truth[n.node.metadata["record_id"]], principals, filters), (n.node.metadata, principals, filters)
 
 
 def test_bad_top_k_is_refused(acl_rag):
