@@ -10,7 +10,7 @@ import pytest
 
 from rag.config import EmbeddingConfig, RagConfig
 from rag.errors import ConfigError
-from rag.onnx_query import cache_dir, plain_mean_pooling_model
+from rag.onnx_query import plain_mean_pooling_model
 
 
 def _st_folder(tmp_path, modules, pooling, lower=False, tokenizer=True):
@@ -40,14 +40,6 @@ def test_only_plain_mean_pooling_folders_qualify(tmp_path):
     dense_head = MODS[:2] + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
     assert plain_mean_pooling_model(_st_folder(tmp_path / "f", dense_head, MEAN)) is None
     assert plain_mean_pooling_model(tmp_path / "missing") is None
-
-
-def test_cache_dir_follows_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "x"))
-    assert cache_dir() == tmp_path / "x"
-    monkeypatch.delenv("RAG_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "rag"
 
 
 def test_query_backend_is_validated():
