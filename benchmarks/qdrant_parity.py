@@ -93,16 +93,22 @@ def avgdl_sensitivity(local_dir: str, queries, qrels, qids, factors=(0.5, 0.8, 0
             idx = BM25Index(indptr=sp.indptr, indices=sp.indices, data=(idf * tf / (tf + n_new)).astype(np.float32),
                             ids=sp.ids, doc_lengths=sp.doc_lengths, vocab=sp.vocab, tokenizer=sp.tokenizer,
                             k1=sp.k1, b=sp.b, idf=sp.idf, avgdl=sp.avgdl * f)
-            run = {}
-            for qid in qids:
-                _, ids = idx.search(queries[qid], 300)
-                ranking: dict[str, float] = {}
-                for cid in ids.tolist():
-                    if rec[cid] not in ranking:
-                        ranking[rec[cid]] = float(300 - len(ranking))
-                run[qid] = dict(list(ranking.items())[:100]) or {"__none__": 0.0}
-            out[f] = metrics(run, qrels, qids)["nDCG@10"]
+            out[f] = metrics(_bm25_run(idx, queries, qids, rec), qrels, qids)["nDCG@10"]
         return sp.avgdl, out
+
+
+def _bm25_run(idx, queries, qids, rec) -> dict[str, dict[str, float]]:
+    """The run (qid -> record id -> score) of BM25 ``idx``: top 300 chunks per query, folded
+    to records (a record scores by its best chunk's rank), the top 100 records kept."""
+    run = {}
+    for qid in qids:
+        _, ids = idx.search(queries[qid], 300)
+        ranking: dict[str, float] = {}
+        for cid in ids.tolist():
+            if rec[cid] not in ranking:
+                ranking[rec[cid]] = float(300 - len(ranking))
+        run[qid] = dict(list(ranking.items())[:100]) or {"__none__": 0.0}
+    return run
 
 
 def shard_idf(local_dir: str, queries, qrels, qids, shard_counts=(1, 2, 4, 8, 16)):
@@ -132,15 +138,7 @@ def shard_idf(local_dir: str, queries, qrels, qids, shard_counts=(1, 2, 4, 8, 16
             idx = BM25Index(indptr=sp.indptr, indices=sp.indices, data=(idf * sat).astype(np.float32), ids=sp.ids,
                             doc_lengths=sp.doc_lengths, vocab=sp.vocab, tokenizer=sp.tokenizer, k1=sp.k1, b=sp.b,
                             idf=sp.idf, avgdl=sp.avgdl)
-            run = {}
-            for qid in qids:
-                _, ids = idx.search(queries[qid], 300)
-                ranking: dict[str, float] = {}
-                for cid in ids.tolist():
-                    if rec[cid] not in ranking:
-                        ranking[rec[cid]] = float(300 - len(ranking))
-                run[qid] = dict(list(ranking.items())[:100]) or {"__none__": 0.0}
-            out[n_shards] = metrics(run, qrels, qids)["nDCG@10"]
+            out[n_shards] = metrics(_bm25_run(idx, queries, qids, rec), qrels, qids)["nDCG@10"]
     return out
 
 
