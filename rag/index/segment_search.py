@@ -155,7 +155,7 @@ class SegmentSet:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`rag.index.sparse.BM25Index.search` with global statistics: ``(scores
         float32 (m,), ids int64 (m,))``, score > 0, sorted by score descending then id."""
-        from .sparse import accumulate_scores, query_terms
+        from .sparse import accumulate_scores, query_terms, top_by_score
 
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {top_k}")
@@ -220,22 +220,7 @@ class SegmentSet:
             cand_scores.append(scores[positive])
         if not cand_ids:
             return empty
-        cids = np.concatenate(cand_ids)
-        scores = np.concatenate(cand_scores)
-        if allowed_ids is not None:
-            allowed = np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
-            if allowed.size == 0:
-                return empty
-            j = np.minimum(np.searchsorted(allowed, cids), allowed.size - 1)
-            keep = allowed[j] == cids
-            cids, scores = cids[keep], scores[keep]
-        scores = scores.astype(np.float32)
-        if scores.size > top_k:
-            kth = np.partition(scores, scores.size - top_k)[scores.size - top_k]
-            keep = scores >= kth
-            cids, scores = cids[keep], scores[keep]
-        order = np.lexsort((cids, -scores))[:top_k]
-        return scores[order], cids[order]
+        return top_by_score(np.concatenate(cand_ids), np.concatenate(cand_scores), top_k, allowed_ids)
 
 
 def _in_sorted(values: np.ndarray, few: np.ndarray) -> np.ndarray:

@@ -324,6 +324,28 @@ def accumulate_scores(pos: np.ndarray, wts: np.ndarray, n_rows: int) -> tuple[np
     return cand, np.bincount(inv, weights=wts)
 
 
+def top_by_score(cids: np.ndarray, scores: np.ndarray, top_k: int,
+                 allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top_k`` best of candidate chunks ``cids`` ((m,) int64) with ``scores`` ((m,)):
+    ``(scores float32 (<= top_k,), ids int64)``, sorted by score descending then id. Only ids
+    in ``allowed_ids`` (ascending int64, or None for all) are kept. O(m) selection
+    (np.partition) before an O(k log k) sort. Shared by :class:`BM25Index` and the segment search."""
+    if allowed_ids is not None:
+        allowed = np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
+        if allowed.size == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        j = np.minimum(np.searchsorted(allowed, cids), allowed.size - 1)
+        keep = allowed[j] == cids
+        cids, scores = cids[keep], scores[keep]
+    scores = scores.astype(np.float32)
+    if scores.size > top_k:
+        kth = np.partition(scores, scores.size - top_k)[scores.size - top_k]
+        keep = scores >= kth  # keeps every tie at the cut; sorted below by id
+        cids, scores = cids[keep], scores[keep]
+    order = np.lexsort((cids, -scores))[:top_k]
+    return scores[order], cids[order]
+
+
 class BM25Index:
     """BM25 over chunks, Lucene variant (see the module docstring for the formula and sources).
 
@@ -468,21 +490,7 @@ class BM25Index:
         positive = scores > 0  # only the 'robertson' test variant can produce scores <= 0
         if not positive.all():
             cand, scores = cand[positive], scores[positive]
-        cids = self._ids[cand]
-        if allowed_ids is not None:
-            allowed = np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
-            if allowed.size == 0:
-                return np.zeros(0, np.float32), np.zeros(0, np.int64)
-            j = np.minimum(np.searchsorted(allowed, cids), allowed.size - 1)
-            keep = allowed[j] == cids
-            cids, scores = cids[keep], scores[keep]
-        scores = scores.astype(np.float32)
-        if scores.size > top_k:
-            kth = np.partition(scores, scores.size - top_k)[scores.size - top_k]
-            keep = scores >= kth  # keeps every tie at the cut; sorted below by id
-            cids, scores = cids[keep], scores[keep]
-        order = np.lexsort((cids, -scores))[:top_k]
-        return scores[order], cids[order]
+        return top_by_score(self._ids[cand], scores, top_k, allowed_ids)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: Path) -> list[str]:
