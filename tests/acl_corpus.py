@@ -9,6 +9,9 @@ import json
 import random
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from rag import RAG
 from rag.config import RagConfig
 from rag.loaders import LoaderOptions
@@ -57,3 +60,16 @@ def visible(meta: dict, principals, filters) -> bool:
         if not any(have == w or (key == "source" and w.endswith("/" + have)) for w in wanted):
             return False
     return True
+
+
+def acl_search_cases(test):
+    """Hypothesis cases for a test ``(acl_rag, principals, filters, words, top_k, mode)`` that
+    compares an adapter's retriever with ``RAG.search``: 300 examples over the groups (and one
+    nobody holds), FILTERS, query words (some matching one record, one matching none), top_k
+    1..20 and the three modes."""
+    cases = given(principals=st.one_of(st.none(), st.lists(st.sampled_from(GROUPS + ["nobody"]), max_size=2, unique=True)),
+                  filters=st.sampled_from(FILTERS),
+                  words=st.lists(st.sampled_from(WORDS + ["uniquea3", "uniqueb7", "zzz"]), min_size=1, max_size=3),
+                  top_k=st.integers(1, 20), mode=st.sampled_from(["hybrid", "dense", "bm25"]))
+    return settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])(cases(test))

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
@@ -24,7 +22,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from rag import RAG
 from rag.integrations.llamaindex import LLM_METADATA_KEYS, RagRetriever
 
-from acl_corpus import FILTERS, GROUPS, WORDS, build_acl_rag, visible
+from acl_corpus import acl_search_cases, build_acl_rag, visible
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Who wrote zlib?"
@@ -100,11 +98,7 @@ def acl_rag(tmp_path_factory):
     return build_acl_rag(tmp_path_factory.mktemp("li-acl"), seed=5)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(principals=st.one_of(st.none(), st.lists(st.sampled_from(GROUPS + ["nobody"]), max_size=2, unique=True)),
-       filters=st.sampled_from(FILTERS),
-       words=st.lists(st.sampled_from(WORDS + ["uniquea3", "uniqueb7", "zzz"]), min_size=1, max_size=3),
-       top_k=st.integers(1, 20), mode=st.sampled_from(["hybrid", "dense", "bm25"]))
+@acl_search_cases
 def test_filters_and_principals_restrict_exactly_as_search(acl_rag, principals, filters, words, top_k, mode):
     rag, truth = acl_rag
     query = " ".join(words)
