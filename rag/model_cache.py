@@ -18,10 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-SAMPLE_BYTES = 1 << 20
-"""Bytes hashed from the start and from the end of a source file by :func:`file_key`."""
-
-
 def cache_dir() -> Path:
     """Folder for derived model files: ``$RAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/rag``, else
     ``~/.cache/rag``."""
@@ -32,19 +28,37 @@ def cache_dir() -> Path:
 
 
 def file_key(path: str | Path) -> str:
-    """20 hex digits identifying one version of a file: sha256 over its size, mtime (ns), and its
-    first and last :data:`SAMPLE_BYTES`. Costs two 1 MiB reads (hashing a whole 100 MB model on
-    every cold start would cost 0.2-0.3 s); any replacement of the file changes its mtime.
+    """20 hex digits identifying a file's content: the start of its sha256.
+
+    The same model file installed in two virtual environments gets the same key (so one derived
+    copy serves both), and any change of content gets a new one. Hashing a 100 MB model costs
+    0.2-0.3 s, so the digest is remembered in ``cache_dir()/file-keys/`` under the file's
+    resolved path, size, mtime, ctime and inode: a later cold start costs one ``stat`` and one
+    small read, and any write to the file (which changes its ctime) is hashed again.
     Raises OSError when the file cannot be read."""
-    p = Path(path)
+    p = Path(path).resolve()
     st = p.stat()
-    h = hashlib.sha256(f"{p.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    stamp = f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    memo = cache_dir() / "file-keys" / hashlib.sha256(stamp.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    try:
+        known = memo.read_text(encoding="ascii").strip()
+        if len(known) == 20:
+            return known
+    except (OSError, UnicodeDecodeError):
+        pass
+    h = hashlib.sha256()
     with open(p, "rb") as fh:
-        h.update(fh.read(SAMPLE_BYTES))
-        if st.st_size > 2 * SAMPLE_BYTES:
-            fh.seek(-SAMPLE_BYTES, os.SEEK_END)
-            h.update(fh.read(SAMPLE_BYTES))
-    return h.hexdigest()[:20]
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    key = h.hexdigest()[:20]
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
+        tmp.write_text(key, encoding="ascii")
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # a read-only cache only costs the hash next time
+    return key
 
 
 @contextmanager

@@ -9,20 +9,38 @@ import pytest
 from rag.model_cache import atomic_folder, cache_dir, file_key
 
 
-def test_file_key_changes_with_content_size_and_mtime(tmp_path):
-    f = tmp_path / "model.gguf"
+def test_file_key_follows_content_not_path_or_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "venv1" / "model.gguf"
+    f.parent.mkdir()
     f.write_bytes(b"a" * 5000)
     k1 = file_key(f)
     assert k1 == file_key(f) and len(k1) == 20
+    g = tmp_path / "venv2" / "model.gguf"  # the same file installed in a second venv, later
+    g.parent.mkdir()
+    g.write_bytes(b"a" * 5000)
+    os.utime(g, ns=(0, 10**18))
+    assert file_key(g) == k1  # one derived copy serves both
     st = f.stat()
     f.write_bytes(b"b" * 5000)  # same size, new content
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: the content sample still differs
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: the ctime still moves
     k2 = file_key(f)
     assert k2 != k1
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched only
-    assert file_key(f) != k2
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched only: same content
+    assert file_key(f) == k2
     f.write_bytes(b"b" * 5001)
     assert len({k1, k2, file_key(f)}) == 3
+
+
+def test_file_key_works_with_a_read_only_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("RAG_CACHE_DIR", str(blocker))  # the memo cannot be written
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"abc")
+    import hashlib
+
+    assert file_key(f) == hashlib.sha256(b"abc").hexdigest()[:20]
 
 
 def test_atomic_folder_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
