@@ -210,6 +210,8 @@ BAD_REQUESTS = [
     ("record id with a path", "POST", "/v1/documents", {"json": {"records": [{"id": "../r1", "text": "x"}]}}, 422, "id"),
     ("reserved metadata", "POST", "/v1/documents", {"json": {"records": [{"text": "x", "metadata": {"acl": ["b"]}}]}}, 422, "reserved"),
     ("wrong content type", "POST", "/v1/documents", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart"),
+    ("search body not JSON", "POST", "/v1/search", {"content": b"query=zlib", "headers": {"content-type": "text/plain"}}, 415, "application/json"),
+    ("chat body as a form", "POST", CHAT, {"data": {"messages": "zlib?"}}, 415, "application/json"),
     ("unknown document", "DELETE", "/v1/documents/0123456789abcdef", {}, 404, "no document"),
     ("unknown job", "GET", "/v1/jobs/job-nope", {}, 404, "no job"),
     ("unknown session", "GET", "/v1/sessions/nope", {}, 404, "no session"),

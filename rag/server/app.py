@@ -275,6 +275,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method in ("POST", "PUT", "PATCH") and ctype and ctype != "application/json" \
+                and not ctype.endswith("+json"):
+            return _error(415, f"send the request body as application/json, not {ctype}")
         return _error(422, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)

@@ -216,5 +216,5 @@ def error_body(status: int, message: str, kind: str | None = None) -> dict[str, 
     """The one-line JSON error, in the OpenAI shape (``error.message``) so their clients show it."""
     kind = kind or {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "not_found_error", 409: "conflict_error", 413: "request_too_large",
-                    422: "invalid_request_error", 429: "rate_limit_error", 503: "unavailable"}.get(status, "server_error")
+                    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "unavailable"}.get(status, "server_error")
     return {"error": {"message": " ".join(str(message).split()), "type": kind, "code": status}}
