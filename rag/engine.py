@@ -9,7 +9,6 @@ Models load once, lazily or all at once in :meth:`QueryEngine.warm_up`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -55,7 +54,7 @@ def _rewrite_query():
 
 def _check_question(text: Any, what: str) -> str:
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"{what} must be a non-empty string")
+        raise ConfigError(f"{what}: must be a non-empty string")
     return text
 
 
@@ -85,7 +84,6 @@ class QueryEngine:
         self._embedder = embedder
         self._generator = generator
         self._answerer = None
-        self._answer_takes_vector = False
         self._retriever = None
         self._lock = threading.RLock()
         self._checked_generations: set[int] = set()
@@ -122,16 +120,13 @@ class QueryEngine:
 
     @property
     def answerer(self):
-        """The GroundedAnswerer (built once per config); whether it accepts ``query_vector=``
-        is read from its signature here, once, not per call."""
+        """The GroundedAnswerer (built once per config, with its ``[answer]`` settings)."""
         with self._lock:
             if self._answerer is None:
                 from .answering import GroundedAnswerer
 
-                params = inspect.signature(GroundedAnswerer.__init__).parameters
-                kw = {"answer_config": self._config.answer} if "answer_config" in params and hasattr(self._config, "answer") else {}
-                self._answerer = GroundedAnswerer(self.generator, self.embedder, self._config.generation, **kw)
-                self._answer_takes_vector = "query_vector" in inspect.signature(self._answerer.answer).parameters
+                self._answerer = GroundedAnswerer(self.generator, self.embedder, self._config.generation,
+                                                  answer_config=self._config.answer)
             return self._answerer
 
     @property
@@ -208,17 +203,13 @@ class QueryEngine:
         res.timings["retrieval_s"] = time.perf_counter() - t0
         return query, res
 
-    def _answer_kw(self, res: SearchResult) -> dict[str, Any]:
-        self.answerer
-        return {"query_vector": res.query_vector} if self._answer_takes_vector else {}
-
     def ask(self, question: str, top_k: int | None = None, *, history: Sequence[Mapping[str, str]] | None = None,
             filters=None, principals: Sequence[str] | None = None) -> Answer:
         """Answer ``question`` from the index only, citing chunks as [n]; see :meth:`rag.RAG.ask`."""
         _check_question(question, "question")
         t0 = time.perf_counter()
         query, res = self.retrieve_for_answer(question, history, top_k, filters, principals)
-        ans = self.answerer.answer(query, list(res.hits), history=history, **self._answer_kw(res))
+        ans = self.answerer.answer(query, list(res.hits), history=history, query_vector=res.query_vector)
         timings = {**res.timings, **ans.timings, "total_s": time.perf_counter() - t0}
         return replace(ans, question=question, query=query, timings=timings, generation=res.generation)
 
@@ -245,7 +236,7 @@ class QueryEngine:
         query, res = self.retrieve_for_answer(question, history, top_k, filters, principals)
         yield res if res.query == query else replace(res, query=query)
         first = None
-        pieces = self.answerer.stream(query, list(res.hits), history=history, **self._answer_kw(res))
+        pieces = self.answerer.stream(query, list(res.hits), history=history, query_vector=res.query_vector)
         try:
             for piece in pieces:
                 if isinstance(piece, Answer):
