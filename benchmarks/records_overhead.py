@@ -30,7 +30,7 @@ def main() -> None:
     store = RecordStore(d / "records.sqlite")
     ans = Answer(question="Who wrote zlib?", text="Jean-loup Gailly and Mark Adler [1]", query="Who wrote zlib?",
                  citations=(Citation(1, 4, "/d/rfc1950.txt", quote="x" * 300, doc_id="/d/rfc1950.txt"),),
-                 timings={"retrieval_s": 0.01, "answer": 0.5, "total_s": 0.52}, generation=3)
+                 timings={"retrieval_s": 0.01, "evidence_s": 0.5, "total_s": 0.52}, generation=3)
     ts = []
     for i in range(args.adds):
         t = time.perf_counter()

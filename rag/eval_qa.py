@@ -231,8 +231,8 @@ def evaluate_qa(
             verdicts.append((golds[0].strip().lower(), verdict))
         if per_question:
             rows.append({"question": q["question"], "answer": ans.text, "short": ans.short, "kind": ans.kind,
-                         "ttft": ttft if stream is not None else None, "span_margin": ans.timings.get("span_margin"),
-                         "p_yes": ans.timings.get("p_yes"),
+                         "ttft": ttft if stream is not None else None, "span_margin": ans.scores.get("span_margin"),
+                         "p_yes": ans.scores.get("p_yes"),
                          "golds": golds, "f1": row_f1, "abstained": ans.abstained,
                          "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ans.hits[:k]],
                          "gold_passage_ids": sorted(gold_ids)})

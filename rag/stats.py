@@ -22,8 +22,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import ConfigError
 
-STAGE_KEYS = ("retrieval_s", "evidence", "ttft", "first_token_s", "answer", "total_s")
-"""Stage timings shown first when present (every other numeric key of ``Answer.timings`` follows)."""
+STAGE_KEYS = ("retrieval_s", "evidence_s", "first_token_s", "total_s")
+"""Stage timings shown first when present; every other ``_s`` key of ``Answer.timings`` follows.
+Only keys ending in ``_s`` are stage seconds: records written before ``Answer.scores`` existed
+also hold model scores (``p_yes``, ``span_margin``) and old names (``ttft``, ``answer``) there,
+which are not shown."""
 
 
 def parse_since(value: str) -> str:
@@ -87,7 +90,7 @@ def compute_stats(records: Iterable[Mapping[str, Any]], documents: Sequence[Mapp
     stages: dict[str, list[float]] = defaultdict(list)
     for r in recs:
         for k, v in (r.get("timings") or {}).items():
-            if isinstance(v, (int, float)):
+            if k.endswith("_s") and isinstance(v, (int, float)) and not isinstance(v, bool):
                 stages[k].append(float(v))
     order = [k for k in STAGE_KEYS if k in stages] + sorted(k for k in stages if k not in STAGE_KEYS)
     # per day, continuous from the first to the last day

@@ -183,7 +183,10 @@ class Answer(_DictMixin):
     ``text`` is the answer with ``[n]`` markers; ``citations`` resolve each marker;
     ``abstained`` is True when the index does not hold the answer (``text`` is then the fixed
     abstention message). ``dropped_markers`` lists markers the generator wrote that point at no
-    retrieved chunk. ``timings`` are seconds per stage.
+    retrieved chunk. ``timings`` are seconds per stage, every key ending in ``_s``
+    (``retrieval_s``, ``evidence_s``, ``first_token_s``, ``total_s``, ...); ``scores`` are the
+    answer route's model scores, not times (``p_yes`` in [0, 1] for yes/no; ``span_logprob``
+    and ``span_margin``, log-probabilities, for a scored factoid span).
     """
 
     question: str
@@ -201,6 +204,8 @@ class Answer(_DictMixin):
     """The short answer (a span, or "Yes"/"No") without citations; "" when there is none."""
     generation: int | None = None
     """The index generation the answer was retrieved from."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Model scores of the answer route (see above); {} when the route computed none."""
 
     def __repr__(self) -> str:
         return f"Answer(text={_short(self.text, 60)!r}, citations={len(self.citations)}, abstained={self.abstained})"
@@ -219,6 +224,7 @@ class Answer(_DictMixin):
             "dropped_markers": list(self.dropped_markers),
             "hits": [h.to_dict() for h in self.hits],
             "timings": dict(self.timings),
+            "scores": dict(self.scores),
         }
 
     @classmethod
@@ -231,7 +237,7 @@ class Answer(_DictMixin):
                    sentences=tuple(AnswerSentence.from_dict(x) for x in d.get("sentences") or ()),
                    dropped_markers=tuple(d.get("dropped_markers") or ()), query=d.get("query"),
                    timings=dict(d.get("timings") or {}), kind=d.get("kind", "factoid"), short=d.get("short", ""),
-                   generation=d.get("generation"))
+                   generation=d.get("generation"), scores=dict(d.get("scores") or {}))
 
 
 @dataclass(frozen=True)

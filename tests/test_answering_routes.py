@@ -61,6 +61,9 @@ def test_yes_no_answer_leads_with_the_calibrated_verdict_and_cites_the_sentence(
     # without calibration (prior weight 0) the raw log-odds decide: No
     b = ga(_YesNoLM(-0.5, -2.0), yes_no_bias=0.0, yes_no_model=1.0, yes_no_prior=0.0).answer(q, hits)
     assert b.short == "No" and b.text.startswith("No. ")
+    # the verdict probability is a score, not a time: Answer.scores, and timings keep seconds only
+    assert 0.5 < a.scores["p_yes"] <= 1.0 and b.scores["p_yes"] < 0.5
+    assert set(a.timings) == {"evidence_s", "verdict_s"} and "p_yes" not in a.timings
 
 
 def test_yes_no_undecided_within_the_margin():
@@ -95,6 +98,8 @@ def test_factoid_answer_is_span_then_its_sentence():
     a = g.answer("What was the museum originally called?", hits_of(text))
     assert a.kind == "factoid" and a.short == "Museum of Manufactures"
     assert a.text == f"Museum of Manufactures — {text} [1]"
+    assert set(a.scores) == {"span_logprob", "span_margin"} and a.scores["span_margin"] > 0
+    assert set(a.timings) == {"evidence_s", "spans_s"}
     # unsure (rival within the margin): the sentence alone answers, the span stays in .short
     u = ga(_SpanLM(cond, null), span_pmi_weight=1.0, span_proximity_weight=0.0, length_bonus=0.0, span_pmi_starts=2,
            span_sure_margin=100.0).answer("What was the museum originally called?", hits_of(text))
@@ -109,7 +114,8 @@ def test_stream_join_equals_text_for_every_route():
             abstain_floor_dense=-1.0)
         items = list(g.stream(q, hits))
         assert isinstance(items[-1], Answer) and "".join(items[:-1]) == items[-1].text
-        assert "ttft" in items[-1].timings
+        t = items[-1].timings
+        assert t["evidence_s"] >= 0 and all(k.endswith("_s") for k in t), t
 
 
 def test_query_vector_is_used_instead_of_embedding_the_question():

@@ -87,6 +87,23 @@ def test_stats_json_matches_hand_counts(scenario):
     assert s["by_generation"] == dict(Counter(str(r["generation"]) for r in raw))
 
 
+def test_stage_latency_reads_only_seconds():
+    from rag.stats import compute_stats, format_table
+
+    # a record written before Answer.scores: model scores and old stage names among the timings
+    old = {"timings": {"retrieval_s": 0.2, "evidence": 0.1, "ttft": 0.3, "answer": 0.4, "p_yes": 0.9,
+                       "span_logprob": -1.5, "span_margin": 2.0, "total_s": 0.5}}
+    new = {"timings": {"retrieval_s": 0.4, "evidence_s": 0.1, "first_token_s": 0.3, "total_s": 0.7}}
+    recs = [{"created": "2026-01-01T00:00:00.000+00:00", "abstained": False, "latency_s": r["timings"]["total_s"],
+             "citations": [], "user_id": "u", "session_id": "s", **r} for r in (old, new)]
+    s = compute_stats(recs)
+    assert list(s["stage_latency_s"]) == ["retrieval_s", "evidence_s", "first_token_s", "total_s"]
+    assert s["stage_latency_s"]["retrieval_s"] == {"n": 2, "p50": pytest.approx(0.3), "p95": pytest.approx(0.39)}
+    assert s["stage_latency_s"]["evidence_s"]["n"] == 1
+    table = format_table(s)
+    assert "p_yes" not in table and "span_margin" not in table and "ttft" not in table
+
+
 def test_stats_filters_and_table(scenario):
     s = json.loads(cli("stats", "--index", str(scenario.index), "--json", "--user", "alice").stdout)
     assert s["questions"] == 10 and s["users"] == 1 and s["sessions"] == 2

@@ -33,13 +33,14 @@ citations = st.builds(Citation, n=st.integers(1, 20), chunk_id=small, source=tex
                       title=st.none() | text, doc_id=text, start=small, end=small)
 sentences = st.builds(AnswerSentence, text=text, supported=st.booleans(),
                       citations=st.lists(st.integers(1, 20), max_size=3).map(tuple), support_score=maybe_f)
-timings = st.dictionaries(st.sampled_from(["dense_s", "sparse_s", "total_s", "ttft"]), finite, max_size=4)
+timings = st.dictionaries(st.sampled_from(["dense_s", "sparse_s", "total_s", "first_token_s"]), finite, max_size=4)
+scores = st.dictionaries(st.sampled_from(["p_yes", "span_logprob", "span_margin"]), finite, max_size=3)
 answers = st.builds(Answer, question=text, text=text, citations=st.lists(citations, max_size=3).map(tuple),
                     hits=st.lists(hits, max_size=2).map(tuple), abstained=st.booleans(),
                     sentences=st.lists(sentences, max_size=3).map(tuple),
                     dropped_markers=st.lists(st.integers(1, 30), max_size=3).map(tuple), query=st.none() | text,
                     timings=timings, kind=st.sampled_from(["yes_no", "factoid", "explanatory", "list", "comparison"]),
-                    short=text, generation=maybe_int)
+                    short=text, generation=maybe_int, scores=scores)
 results = st.builds(SearchResult, hits=st.lists(hits, max_size=3).map(tuple), timings=timings, generation=maybe_int,
                     query_vector=st.none() | st.lists(finite, min_size=2, max_size=8).map(lambda v: np.asarray(v, np.float32)),
                     query=text)

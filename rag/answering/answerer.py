@@ -169,10 +169,12 @@ class GroundedAnswerer:
 
         ``query``: the user's question; ``query_vector``: its (dim,) float32 L2-normalised
         embedding when retrieval already computed it (it is not embedded again).
-        ``Answer.timings`` (seconds): ``evidence``, ``ttft`` (first piece), ``answer`` (total)
-        and per-route model time (``verdict``, ``spans``, ``generate``).
+        ``Answer.timings`` (seconds, keys ending in ``_s``): ``evidence_s`` and the route's model
+        time (``verdict_s``, ``spans_s``, ``generate_s``); time to the first piece and the total
+        are measured by the caller (:meth:`rag.RAG.stream` adds ``first_token_s`` and ``total_s``),
+        so each stage is reported once. ``Answer.scores``: the route's model scores (``p_yes``
+        for yes/no; ``span_logprob``, ``span_margin`` for a scored factoid span).
         """
-        t0 = time.perf_counter()
         question = query
         hits = list(hits)
         timings: dict[str, float] = {}
@@ -180,55 +182,49 @@ class GroundedAnswerer:
         if not hits:
             yield ABSTAIN_TEXT
             yield Answer(question=question, text=ABSTAIN_TEXT, abstained=True, kind=kind,
-                         timings={"answer": time.perf_counter() - t0})
+                         timings={})
             return
         ev = self.evidence(question, hits, query_vector)
-        timings["evidence"] = ev.seconds
+        timings["evidence_s"] = ev.seconds
         if self.should_abstain(ev):
             log.info("abstaining: best dense %.3f, lexical %.3f", ev.best_dense, ev.best_lexical)
             yield ABSTAIN_TEXT
             yield Answer(question=question, text=ABSTAIN_TEXT, hits=tuple(hits), abstained=True, kind=kind,
-                         timings={**timings, "answer": time.perf_counter() - t0})
+                         timings={**timings})
             return
         if self.mode == "generate":
-            yield from self._generate_stream(question, kind, hits, ev, history, timings, t0)
+            yield from self._generate_stream(question, kind, hits, ev, history, timings)
             return
         if self.mode == "extractive":
             ans = self._sentences(question, kind, hits, ev, ev.sentences[:1] if kind == "factoid" else None)
-            yield from self._emit(ans, timings, t0)
+            yield from self._emit(ans, timings)
             return
         if kind == "yes_no":
             t1 = time.perf_counter()
             ans = self._yes_no(question, hits, ev)
-            timings["verdict"] = time.perf_counter() - t1
-            yield from self._emit(ans, timings, t0)
+            timings["verdict_s"] = time.perf_counter() - t1
+            yield from self._emit(ans, timings)
         elif kind == "factoid":
             t1 = time.perf_counter()
             ans = self._factoid(question, hits, ev)
-            timings["spans"] = time.perf_counter() - t1
-            yield from self._emit(ans, timings, t0)
+            timings["spans_s"] = time.perf_counter() - t1
+            yield from self._emit(ans, timings)
         else:
             a = self.answer_config
             chosen = select_sentences(ev, a.max_sentences, a.mmr_lambda, a.sentence_max_drop)
             ans = self._sentences(question, kind, hits, ev, chosen)
-            for p in _pieces(ans.text):
-                timings.setdefault("ttft", time.perf_counter() - t0)
-                yield p
+            yield from _pieces(ans.text)
             # the short answer is for callers that want one (and for EM/F1); it is scored after
             # the text is out, so it costs no time to the first piece
             t1 = time.perf_counter()
             top = max(chosen, key=lambda s: s.support)
             span = score_spans(self.generator, question, top, answer_type(question), self.span_settings)
-            timings["spans"] = time.perf_counter() - t1
-            timings["answer"] = time.perf_counter() - t0
+            timings["spans_s"] = time.perf_counter() - t1
             yield _replace(ans, short=span.text if span else "", timings={**timings})
 
-    def _emit(self, ans: Answer, timings: dict, t0: float) -> Iterator[str | Answer]:
-        for p in _pieces(ans.text):
-            timings.setdefault("ttft", time.perf_counter() - t0)
-            yield p
-        timings["answer"] = time.perf_counter() - t0
-        yield _replace(ans, timings={**timings, **ans.timings})
+    def _emit(self, ans: Answer, timings: dict) -> Iterator[str | Answer]:
+        yield from _pieces(ans.text)
+        yield _replace(ans, timings={**timings})
 
     # -- routes --------------------------------------------------------------------------
     def _sentences(self, question: str, kind: str, hits: Sequence[Hit], ev: Evidence,
@@ -270,7 +266,7 @@ class GroundedAnswerer:
         label, p_yes = decide(f, w)
         lead = {"yes": "Yes.", "no": "No."}.get(label or "", UNDECIDED_TEXT)
         ans = self._sentences(question, "yes_no", hits, ev, [best], lead=lead, short=(label or "").capitalize())
-        return _replace(ans, timings={"p_yes": p_yes})
+        return _replace(ans, scores={"p_yes": p_yes})
 
     def _factoid(self, question: str, hits: Sequence[Hit], ev: Evidence) -> Answer:
         best = ev.sentences[0]
@@ -282,7 +278,7 @@ class GroundedAnswerer:
             ans = self._sentences(question, "factoid", hits, ev, [best], short=span.text)
         else:
             ans = self._span_answer(question, hits, span, with_sentence=is_whole_sentence(best.text))
-        return _replace(ans, timings={"span_logprob": span.score, "span_margin": span.margin})
+        return _replace(ans, scores={"span_logprob": span.score, "span_margin": span.margin})
 
     def _span_answer(self, question: str, hits: Sequence[Hit], span: SpanResult, with_sentence: bool = True) -> Answer:
         """"<span> — <sentence> [n]": the short answer, then the sentence it was copied from
@@ -301,7 +297,7 @@ class GroundedAnswerer:
         return candidate_spans(question, sentence)
 
     # -- free generation -----------------------------------------------------------------
-    def _generate_stream(self, question, kind, hits, ev, history, timings, t0) -> Iterator[str | Answer]:
+    def _generate_stream(self, question, kind, hits, ev, history, timings) -> Iterator[str | Answer]:
         """Stream the model's answer sentence by sentence, each checked before it is shown:
         markers pointing at no source are removed, an unmarked supported sentence gets its
         ``[n]``. Sentences are held back until the first supported one; if none is supported the
@@ -347,14 +343,12 @@ class GroundedAnswerer:
                 cut = spans[-1][0]
                 seg, pending = pending[:cut], pending[cut:]
                 for out in process(seg):
-                    timings.setdefault("ttft", time.perf_counter() - t0)
                     shown.append(out)
                     yield out
         for out in process(pending.rstrip()):
-            timings.setdefault("ttft", time.perf_counter() - t0)
             shown.append(out)
             yield out
-        timings["generate"] = time.perf_counter() - t1
+        timings["generate_s"] = time.perf_counter() - t1
         if not any_supported:
             log.info("generated answer unsupported; falling back to the sentence answer")
             ans = self._sentences(question, kind, hits, ev, ev.sentences[:1] if kind in ("factoid", "yes_no") else None)
@@ -367,7 +361,6 @@ class GroundedAnswerer:
             ans = Answer(question=question, text=text, citations=tuple(sorted(cites.values(), key=lambda c: c.n)),
                          hits=tuple(hits), sentences=tuple(sentences), dropped_markers=tuple(dropped), kind=kind,
                          short=short)
-        timings["answer"] = time.perf_counter() - t0
         yield _replace(ans, timings=timings)
 
     def check(self, question: str, text: str, sources: dict[int, Hit], hits: Sequence[Hit], ev: Evidence) -> Answer:
