@@ -260,7 +260,8 @@ def register(cli: click.Group) -> None:
     @click.option("--user", "user_id", default=None, help="Only this user's records.")
     @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
     @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
-                  help="Also write one self-contained HTML page with plots.")
+                  help="Write one self-contained HTML page with plots instead of the text report "
+                       "(prints one line: where it went, with the headline counts).")
     @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Rows in each top list.")
     @records_option
     @click.pass_context
@@ -276,14 +277,18 @@ def register(cli: click.Group) -> None:
         store = open_records(ctx, index, records_path, create=False)
         res = st.stats_for_index(index, store, since=since, user_id=user_id, top=top)
         if html_path:
-            with open(html_path, "w", encoding="utf-8") as f:
-                f.write(st.render_stats_html(res, title=f"rag stats: {index}", top=top))
+            try:
+                with open(html_path, "w", encoding="utf-8") as f:
+                    f.write(st.render_stats_html(res, title=f"rag stats: {index}", top=top))
+            except OSError as e:
+                c._fail(f"{html_path}: cannot write the page ({e.strerror or e})")
         if as_json:
             c._emit_json(res)
+        elif html_path:
+            click.echo(f"Wrote {html_path}: {res['questions']} question(s) from {res['users']} user(s) in "
+                       f"{res['sessions']} session(s), {res['abstained']} abstained.")
         else:
             click.echo(st.format_table(res, top=top))
-            if html_path:
-                click.echo(f"\nWrote {html_path}.")
 
     @cli.command()
     @c.index_option

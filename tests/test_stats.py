@@ -130,6 +130,11 @@ def test_stats_html_draws_in_headless_chromium(scenario, tmp_path):
     page = tmp_path / "stats.html"
     r = cli("stats", "--index", str(scenario.index), "--html", str(page))
     assert r.returncode == 0, r.stderr
+    # one line on stdout (where the page went, the headline counts), not the text report
+    assert r.stdout.count("\n") == 1 and r.stdout.startswith(f"Wrote {page}: 30 question(s) from 3 user(s)")
+    bad = cli("stats", "--index", str(scenario.index), "--html", str(tmp_path / "no" / "dir" / "s.html"))
+    assert bad.returncode == 1 and bad.stderr.startswith("rag: error: ") and "s.html" in bad.stderr
+    assert bad.stderr.count("\n") == 1
     text = page.read_text()
     assert "<script" not in text and "http://" not in text and "https://" not in text  # self-contained
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
