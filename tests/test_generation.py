@@ -195,7 +195,7 @@ def test_smollm2_packed_scoring_equals_padded_batches(smollm2):
 
 
 def test_derived_copy_is_keyed_by_the_source_file(tmp_path, monkeypatch):
-    """A replaced or touched GGUF maps to a new derived folder; an incomplete folder (no marker)
+    """A GGUF with other content maps to a new derived folder (a touched one keeps its copy); an incomplete folder (no marker)
     is never used."""
     import os
 
@@ -213,13 +213,15 @@ def test_derived_copy_is_keyed_by_the_source_file(tmp_path, monkeypatch):
     assert find_derived(src) == first
     st = src.stat()
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert derived_folder(src) != first and find_derived(src) is None  # the source changed: rebuild
+    assert find_derived(src) == first  # touched only (or the same file in another venv): same copy
+    src.write_bytes(b"GGUF" + b"\1" * 4096)
+    assert derived_folder(src) != first and find_derived(src) is None  # the content changed: rebuild
 
 
 @pytest.mark.slow
 def test_derived_float32_copy_matches_the_gguf_and_is_rebuilt_when_it_changes(tmp_path, monkeypatch):
     """First load of a GGUF writes the float32 copy; a new generator loads the copy, whose
-    log-probabilities equal the GGUF-loaded model's; touching the GGUF makes a new copy."""
+    log-probabilities equal the GGUF-loaded model's; changing the GGUF makes a new copy."""
     import json
     import os
     import shutil
@@ -247,8 +249,8 @@ def test_derived_float32_copy_matches_the_gguf_and_is_rebuilt_when_it_changes(tm
         b = torch.log_softmax(second.model(input_ids=ids).logits.float(), dim=-1)
     assert float((a - b).abs().max()) <= 1e-4
     assert second.generate(MSGS, GenerationOptions(max_new_tokens=12)) == first.generate(MSGS, GenerationOptions(max_new_tokens=12))
-    st = src.stat()
-    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with open(src, "ab") as fh:  # a changed GGUF (trailing bytes: the loaded model stays usable)
+        fh.write(b"\0" * 8)
     assert find_derived(src) is None
     rebuilt = derive(first.model, first.tokenizer, src)  # what the next GGUF load does
     assert rebuilt is not None and rebuilt != copy_dir and find_derived(src) == rebuilt
