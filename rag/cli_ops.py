@@ -52,15 +52,32 @@ def open_records(ctx: click.Context, index: str, records_path: str | None, *, cr
     return RecordStore(found)
 
 
+def default_user(store, user_id: str | None, session_id: str | None) -> str:
+    """The user a CLI record is written for: ``user_id`` when given, else the user of the named
+    session when it exists, else :data:`rag.records.LOCAL_USER`."""
+    from .records import LOCAL_USER
+
+    if user_id is not None:
+        return user_id
+    known = store.session(session_id) if session_id else None
+    return (known or {}).get("user_id") or LOCAL_USER
+
+
 def record_cli_answer(ctx, rag, ans, *, user_id, session_id, records_path) -> dict[str, Any] | None:
-    """Write the record of a `rag ask`; a failure is one warning line (the answer was given)."""
+    """Write the record of a `rag ask`; a failure is one warning line (the answer was given).
+    ``user_id`` None: the user of the named session when it exists, else
+    :data:`rag.records.LOCAL_USER`; ``session_id`` None: the user's session of the day
+    (:func:`rag.records.daily_session`), so `rag history` lists it and `--forget-user` reaches it."""
     from .conversation import record_answer
     from .errors import RagError
+    from .records import daily_session
 
     if ans is None:
         return None
     try:
         store = open_records(ctx, str(rag.index_dir), records_path, create=True)
+        user_id = default_user(store, user_id, session_id)
+        session_id = session_id or daily_session(user_id)
         return record_answer(store, rag, ans, user_id=user_id, session_id=session_id)
     except RagError as e:
         click.echo(f"rag: warning: answer not recorded: {e}", err=True)
@@ -70,8 +87,12 @@ def record_cli_answer(ctx, rag, ans, *, user_id, session_id, records_path) -> di
 def record_options(f):
     """``rag ask``'s --user, --session, --records, --no-record and --at options."""
     for opt in reversed([
-        click.option("--user", "user_id", default=None, help="User id written to the answer's record."),
-        click.option("--session", "session_id", default=None, help="Record the answer as the next turn of this session."),
+        click.option("--user", "user_id", default=None,
+                     help="User id written to the answer's record (default: local, the user `rag serve` "
+                          "without API keys records)."),
+        click.option("--session", "session_id", default=None,
+                     help="Record the answer as the next turn of this session (default: ask-USER-YYYY-MM-DD, "
+                          "one per user and UTC day; its turns are not used as history)."),
         records_option,
         click.option("--no-record", is_flag=True, help="Do not write a conversation record."),
         click.option("--at", "at_gen", type=int, default=None, help="Answer from kept generation GEN (see rag versions)."),
@@ -153,7 +174,8 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @c.index_option
     @click.option("--session", "session_id", default=None, help="Resume this session id.")
-    @click.option("--user", "user_id", default=None, help="User id recorded with the session.")
+    @click.option("--user", "user_id", default=None,
+                  help="User id recorded with the session (default: the resumed session's user, else local).")
     @click.option("--top-k", type=click.IntRange(1, 100), default=None)
     @c.filter_option
     @c.as_option
@@ -169,6 +191,7 @@ def register(cli: click.Group) -> None:
         flt = c._parse_filters(filters)
         rag = c._open(ctx, index, c._gen_overrides(generator, model, max_new_tokens, temperature, seed, base_url))
         store = open_records(ctx, index, records_path, create=True)
+        user_id = default_user(store, user_id, session_id)
         conv = Conversation(rag, session_id=session_id, user_id=user_id, top_k=top_k, filters=flt,
                             principals=c._principals(groups), store=store)
         click.echo(f"Session {conv.session_id}. Ask a question (empty line to quit).")

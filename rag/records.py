@@ -60,6 +60,20 @@ FIELDS = ("record_id", "session_id", "turn", "user_id", "created", "question", "
 """The keys of every record dict (:meth:`RecordStore.records`), in column order."""
 
 
+LOCAL_USER = "local"
+"""The user id of a person at this machine who gave none: ``rag ask``/``rag chat`` without
+``--user``, the same name ``rag serve`` without API keys records (so one person is one user,
+and ``rag history --forget-user local`` erases them)."""
+
+
+def daily_session(user_id: str, day: str | None = None) -> str:
+    """The session a one-off question joins when none is named: ``ask-<user_id>-<YYYY-MM-DD>``
+    (``day``, default today in UTC). Why one per user and day: ``rag ask`` calls are separate
+    processes, and a session per call would bury ``rag history`` in one-turn sessions; the
+    user is in the id so that erasing one user never touches another's day."""
+    return f"ask-{user_id}-{day or utc_now()[:10]}"
+
+
 def utc_now() -> str:
     """Now in UTC, ISO 8601 with milliseconds and ``+00:00``."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -186,7 +200,8 @@ class RecordStore:
         """Record one answered question; returns the stored record (see :data:`FIELDS`).
 
         ``answer``: the :class:`rag.Answer`. ``session_id``: the conversation it belongs to
-        (None for a one-off ``rag ask``); turns are numbered 1, 2, ... per session.
+        (None: a record outside any session, which ``rag history`` does not list; ``rag ask``
+        passes :func:`daily_session`); turns are numbered 1, 2, ... per session.
         ``latency_s``: end-to-end seconds as the caller saw them (default
         ``answer.timings["total_s"]``). ``generation``: the index generation, when
         ``answer.generation`` is None.

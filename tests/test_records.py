@@ -106,6 +106,38 @@ def test_cli_history_and_json(scenario):
     assert len(RecordStore.for_index(scenario.index).records()) == 30
 
 
+def test_cli_ask_without_user_is_the_local_user_in_a_session_of_the_day(tmp_path, mini_corpus, hash_config):
+    """`rag ask` without --user/--session: user "local" (as keyless `rag serve`), session
+    ask-local-<UTC date>, turns numbered; listed by `rag history`, erased by --forget-user local."""
+    from rag import RAG
+    from rag.records import RecordStore
+
+    idx = tmp_path / "idx"
+    RAG.create(idx, hash_config).ingest([mini_corpus])
+    for q in ("Who wrote zlib?", "What does Adler-32 compute?"):
+        r = cli("ask", q, "--index", str(idx), "--generator", "extractive")
+        assert r.returncode == 0, r.stderr
+    r = cli("ask", "Who wrote zlib?", "--index", str(idx), "--generator", "extractive", "--user", "dana")
+    assert r.returncode == 0, r.stderr
+    today = datetime.now(timezone.utc).date().isoformat()
+    recs = RecordStore.for_index(idx).records()
+    assert [(x["user_id"], x["session_id"], x["turn"]) for x in recs] == [
+        ("local", f"ask-local-{today}", 1), ("local", f"ask-local-{today}", 2), ("dana", f"ask-dana-{today}", 1)]
+    r = cli("history", "--index", str(idx))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and any(x.startswith(f"ask-local-{today}  user=local  turns=2  ") for x in lines)
+    # --session without --user: the session's own user, not "local"
+    r = cli("ask", "Who wrote zlib?", "--index", str(idx), "--generator", "extractive", "--session", f"ask-dana-{today}")
+    assert r.returncode == 0, r.stderr
+    assert RecordStore.for_index(idx).records()[-1]["user_id"] == "dana"
+    r = cli("history", "--index", str(idx), "--forget-user", "local")
+    assert r.returncode == 0 and "2 record(s), 1 session(s)" in r.stdout
+    left = RecordStore.for_index(idx).records()
+    assert [x["user_id"] for x in left] == ["dana", "dana"]
+    assert "--user" in (h := cli("ask", "--help").stdout) and "local" in h and "ask-USER-YYYY-MM-DD" in h
+
+
 def test_forget_user_leaves_no_row(scenario):
     from rag.records import RecordStore
 
@@ -231,7 +263,8 @@ def test_records_location(tmp_path, monkeypatch, mini_corpus, hash_config):
     conf = tmp_path / "rag.toml"
     conf.write_text(f'[records]\npath = "{elsewhere}"\n')
     r = cli("--config", str(conf), "history", "--index", str(idx))
-    assert r.returncode == 0 and "No sessions." in r.stdout
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert r.returncode == 0 and r.stdout.startswith(f"ask-u1-{today}  user=u1  turns=1  ")
     r = cli("--config", str(conf), "history", "--index", str(idx), "--export", str(tmp_path / "e.jsonl"))
     assert r.returncode == 0 and json.loads((tmp_path / "e.jsonl").read_text())["user_id"] == "u1"
     r = cli("history", "--index", str(idx))  # without the config: nothing beside the index
