@@ -69,6 +69,21 @@ def metrics(run, qrels, qids):
             "MRR@10": float(np.mean([mrr[q]["recip_rank"] for q in qids]))}
 
 
+def _flat_bm25(reader):
+    """The generation's BM25 as one flat :class:`~rag.index.sparse.BM25Index` (the studies below
+    read its postings): built from the docstore's index texts with the index's BM25 settings,
+    since a segmented generation keeps per-segment term counts, not one posting matrix."""
+    from rag.config import BM25Config
+    from rag.index.sparse import BM25Index
+
+    sp = reader.snapshot.sparse
+    if hasattr(sp, "indptr"):
+        return sp
+    cfg = BM25Config(**(reader.manifest.get("config", {}).get("bm25") or {}))
+    pairs = list(reader.snapshot.docstore.iter_index_texts())
+    return BM25Index.build([t for _, t in pairs], np.asarray([i for i, _ in pairs], dtype=np.int64), cfg)
+
+
 def avgdl_sensitivity(local_dir: str, queries, qrels, qids, factors=(0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 2.0)):
     """BM25 nDCG@10 of the local index with its weights recomputed for avgdl x factor (what
     weights written with a stale avgdl cost). Stored weights are ``idf * tf / (tf + n(d))``;
@@ -79,7 +94,7 @@ def avgdl_sensitivity(local_dir: str, queries, qrels, qids, factors=(0.5, 0.8, 0
 
     out = {}
     with LocalIndex(local_dir).lease() as r:
-        sp = r.snapshot.sparse
+        sp = _flat_bm25(r)
         rec = {c.id: str(c.metadata.get("record_id", c.doc_id)) for c in r.chunks(r.chunk_ids().tolist())}
         cfg = BM25Config(**(r.manifest.get("config", {}).get("bm25") or {}))
         df = np.diff(sp.indptr)
@@ -121,7 +136,7 @@ def shard_idf(local_dir: str, queries, qrels, qids, shard_counts=(1, 2, 4, 8, 16
 
     out = {}
     with LocalIndex(local_dir).lease() as r:
-        sp = r.snapshot.sparse
+        sp = _flat_bm25(r)
         rec = {c.id: str(c.metadata.get("record_id", c.doc_id)) for c in r.chunks(r.chunk_ids().tolist())}
         df = np.diff(sp.indptr)
         row = np.repeat(np.arange(df.size), df)
@@ -147,7 +162,7 @@ def collisions(local_dir: str) -> tuple[int, int]:
     from rag.index.qdrant.terms import term_id
 
     with LocalIndex(local_dir).lease() as r:
-        vocab = r.snapshot.sparse.vocab
+        vocab = _flat_bm25(r).vocab
     seen: dict[int, str] = {}
     pairs = 0
     for t in vocab:
