@@ -41,15 +41,16 @@ PRIOR_HAS_YEAR = -2.0
 
 @dataclass(frozen=True)
 class SpanSettings:
-    """The span scorer's tuning (the ``span_*`` fields of :class:`rag.config.AnswerConfig`)."""
+    """The span scorer's tuning: the ``span_*`` fields of :class:`rag.config.AnswerConfig`, which
+    holds the one copy of their tuned values."""
 
-    top_starts: int | None = 12
-    pmi_starts: int = 4
-    pmi_weight: float = 0.4
-    proximity_weight: float = 0.4
-    merge_margin: float = 2.0
-    length_bonus_other: float = 0.5
-    length_bonus_entity: float = 1.0
+    top_starts: int | None
+    pmi_starts: int
+    pmi_weight: float
+    proximity_weight: float
+    merge_margin: float
+    length_bonus_other: float
+    length_bonus_entity: float
 
     def length_bonus(self, qtype: str) -> float:
         """Log-space bonus per extra word for answer type ``qtype``: the summed log-likelihood

@@ -53,13 +53,13 @@ class VerdictWeights:
     """Logistic weights: ``z = bias + model*m + prior*m_null + negation*neg + missing*miss +
     overlap*ovl``; Yes when ``z > 0`` (the ``yes_no_*`` fields of :class:`rag.config.AnswerConfig`)."""
 
-    bias: float = 0.0
-    model: float = 1.0
-    prior: float = -1.0
-    negation: float = 0.0
-    missing: float = 0.0
-    undecided_margin: float = 0.0
-    overlap: float = 0.0
+    bias: float
+    model: float
+    prior: float
+    negation: float
+    missing: float
+    undecided_margin: float
+    overlap: float
 
 
 @dataclass(frozen=True)
