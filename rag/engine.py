@@ -61,10 +61,10 @@ def _check_question(text: Any, what: str) -> str:
 def make_filter(filters: Mapping[str, Any] | Filter | None, principals: Sequence[str] | None) -> Filter:
     """A :class:`Filter` from the public ``filters=`` / ``principals=`` arguments (a Filter
     passes through, with ``principals`` added when given)."""
-    if isinstance(filters, Filter):
-        return filters if principals is None else replace(filters, principals=tuple(principals))
     if isinstance(principals, str):
         raise ConfigError("principals must be a list of group names, not one string")
+    if isinstance(filters, Filter):
+        return filters if principals is None else replace(filters, principals=tuple(principals))
     return Filter.from_mapping(filters, principals)
 
 

@@ -125,13 +125,14 @@ class SegmentSet:
                     continue
                 s, ids = seg.dense.search(q, min(k, seg.rows))
             else:
-                n_dead = int(dead.sum())
+                dead_rows = self.dead_pos[i]  # precomputed: no per-query pass over the segment
+                n_dead = int(dead_rows.size)
                 live = seg.rows - n_dead
                 if live == 0:
                     continue
                 if n_dead <= OVERFETCH_MAX:
                     s, ids = seg.dense.search(q, min(k + n_dead, seg.rows))
-                    gone = np.isin(ids, seg.ids[dead])
+                    gone = np.isin(ids, seg.ids[dead_rows])
                     s, ids = np.where(gone, -np.inf, s).astype(np.float32), np.where(gone, -1, ids)
                 else:
                     s, ids = seg.dense.search(q, min(k, live), allowed_ids=self.live_ids(i))
