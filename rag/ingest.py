@@ -347,8 +347,8 @@ class Indexer:
         if base is not None and gone_keys:
             linked = _linked_to(base, sorted(gone_keys))
             revive = [d for d in linked if d.source not in reloaded and d.source not in gone_sources and d.body is not None]
-        for s in gone_sources:
-            report.chunks_removed += w.delete_files([s])
+        if gone_sources:
+            report.chunks_removed += w.delete_files(list(gone_sources))
         if revive:
             report.chunks_removed += w.delete([d.key for d in revive])
             report.revived = sorted(d.key for d in revive)
@@ -403,7 +403,6 @@ class Indexer:
         base_chunk_docs: dict[int, tuple[str, tuple[str, ...]] | None] = {}
         titles: dict[str, tuple[str, bool]] = {}
         planned: list[_Planned] = []
-        docs_by_key: dict[str, DocumentRecord] = {}
         for source, doc, frec, old in queue:
             if old is None:
                 doc = redact_document(doc, redact, report.redactions)
@@ -453,7 +452,6 @@ class Indexer:
             body = doc if links else None
             planned.append(_Planned(replace(rec, body=body), kept_chunks, texts, links))
             report.documents += 1
-            docs_by_key[doc.id] = rec
         return planned
 
     def _chunk_link(self, ckey, text, h, groups, base, base_chunks, base_chunk_docs, batch_chunks, excluded, dd):

@@ -35,6 +35,13 @@ def check_answer(question: str, text: str, sources: dict[int, Hit], hits: Sequen
     claim_vecs = embed([c or "." for c in claims]) if claims else None
     out_sents: list[AnswerSentence] = []
     inserts: list[tuple[int, str]] = []
+    chunk_norm: dict[int, str] = {}  # per chunk id, computed once for every claim
+    chunk_words: dict[int, set[str]] = {}
+    for es in ev.sentences:
+        cid = es.hit.chunk.id
+        if es.n in sources and cid not in chunk_norm:
+            chunk_norm[cid] = norm(es.hit.chunk.text)
+            chunk_words[cid] = content_words(es.hit.chunk.text)
     for k, ((s, e), claim) in enumerate(zip(spans, claims)):
         marked = [int(x) for m in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", clean[s:e]) for x in re.findall(r"\d+", m)]
         best_score, best_sent = -1.0, None
@@ -43,11 +50,11 @@ def check_answer(question: str, text: str, sources: dict[int, Hit], hits: Sequen
         for es in ev.sentences:
             if es.n not in sources:
                 continue
-            ctext = es.hit.chunk.text
-            if nclaim and nclaim in norm(ctext):
+            cid = es.hit.chunk.id
+            if nclaim and nclaim in chunk_norm[cid]:
                 score = 1.0
             else:
-                lex = len(cw & content_words(ctext)) / (len(cw) or 1)
+                lex = len(cw & chunk_words[cid]) / (len(cw) or 1)
                 cos = float(es.vector @ claim_vecs[k]) if es.vector is not None else 0.0
                 score = max(cos, lex if lex >= LEXICAL_SUPPORT else 0.0)
             if score > best_score:

@@ -15,8 +15,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
+
+from ..records import utc_now
 
 log = logging.getLogger("rag")
 
@@ -31,10 +32,6 @@ class QueueFull(Exception):
     """Too many jobs are waiting (HTTP 429)."""
 
 
-def _utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 @dataclass
 class Job:
     """One background write. ``state``: queued -> running -> done | failed. ``progress``:
@@ -45,7 +42,7 @@ class Job:
     id: str
     kind: str
     owner: str
-    created: str = field(default_factory=_utc)
+    created: str = field(default_factory=utc_now)
     state: str = "queued"
     started: str | None = None
     finished: str | None = None
@@ -129,7 +126,7 @@ class JobQueue:
                 job, work = self._jobs.get(job_id), self._work.pop(job_id, None)
             if job is None or work is None:
                 continue
-            job.state, job.started = "running", _utc()
+            job.state, job.started = "running", utc_now()
             t0 = time.perf_counter()
 
             def progress(stage: str, done: int, total: int, _job: Job = job) -> None:
@@ -143,7 +140,7 @@ class JobQueue:
                 job.state = "failed"
                 log.warning("job %s (%s) failed: %s", job.id, job.kind, job.error)
             job.seconds = round(time.perf_counter() - t0, 3)
-            job.finished = _utc()
+            job.finished = utc_now()
             if self._on_finish is not None:
                 try:
                     self._on_finish(job)
