@@ -27,9 +27,11 @@ from rag.server.auth import KeyStore
 from rag.generation.extractive import EchoGenerator
 
 class SlowEcho(EchoGenerator):
-    # streams a long answer one word every `delay` seconds, so a test can leave mid-stream
-    def __init__(self, words, delay):
-        super().__init__(" ".join(["word"] * words) + " [1]")
+    # streams a long answer (`words` words of `text` over and over) one word every `delay`
+    # seconds, so a test can leave mid-stream
+    def __init__(self, words, delay, text="word"):
+        cycle = text.split()
+        super().__init__(" ".join(cycle[i % len(cycle)] for i in range(words)) + " [1]")
         self.delay = delay
     def stream(self, messages, options=None):
         for piece in super().stream(messages, options):
@@ -43,7 +45,7 @@ class SlowWarmRAG(RAG):
 
 kw = {}
 if spec.get("slow_words"):
-    kw["generator"] = SlowEcho(spec["slow_words"], spec["slow_delay_s"])
+    kw["generator"] = SlowEcho(spec["slow_words"], spec["slow_delay_s"], spec.get("slow_text", "word"))
 cls = SlowWarmRAG if spec.get("warm_up_delay_s") else RAG
 rag = cls.open(spec["index"], RagConfig.from_dict(spec["config"]), **kw)
 keys = KeyStore.load(spec["keys"]) if spec.get("keys") else KeyStore.local()

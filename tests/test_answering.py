@@ -49,9 +49,12 @@ def test_shuffled_markers_resolve_by_chunk_id():
     hits = make_hits(order=(2, 1, 0, 3))  # [1]=Big Ben, [2]=Colosseum, [3]=Eiffel
     gen = EchoGenerator("The Eiffel Tower was completed in 1889 [3]. Big Ben's tower was finished in 1859 [1].")
     a = answerer(gen).answer("When were the Eiffel Tower and Big Ben finished?", hits)
+    # shown numbers follow first citation: the model's [3] (Eiffel) is [1], its [1] (Big Ben) [2]
+    assert a.text == "The Eiffel Tower was completed in 1889 [1]. Big Ben's tower was finished in 1859 [2]."
     by_n = {c.n: c for c in a.citations}
-    assert by_n[3].chunk_id == 100 and by_n[1].chunk_id == 102
-    assert by_n[3].quote == "It was completed in 1889 in Paris."
+    assert by_n[1].chunk_id == 100 and by_n[2].chunk_id == 102
+    assert [h.chunk.id for h in a.hits[:2]] == [100, 102] and a.hits[0].rank == 3
+    assert by_n[1].quote == "It was completed in 1889 in Paris."
     assert a.dropped_markers == ()
     assert all(s.supported for s in a.sentences)
 
@@ -59,9 +62,11 @@ def test_shuffled_markers_resolve_by_chunk_id():
 def test_unmarked_answer_gets_citations_on_supported_sentences_only():
     gen = EchoGenerator("The Colosseum could hold 50,000 spectators. Bananas are purple vegetables from Mars.")
     a = answerer(gen).answer("How many spectators could the Colosseum hold?", make_hits())
-    assert a.text.startswith("The Colosseum could hold 50,000 spectators. [2]") or "spectators [2]" in a.text or "spectators. [2]" in a.text
+    # the Colosseum is the second hit; as the only source cited it is shown as [1]
+    assert a.text == "The Colosseum could hold 50,000 spectators [1]. Bananas are purple vegetables from Mars."
     assert [s.supported for s in a.sentences] == [True, False]
-    assert a.sentences[0].citations == (2,) and a.sentences[1].citations == ()
+    assert a.sentences[0].citations == (1,) and a.sentences[1].citations == ()
+    assert a.citations[0].n == 1 and a.hits[0].chunk.id == 101
     assert [c.chunk_id for c in a.citations] == [101]
 
 

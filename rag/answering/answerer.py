@@ -37,7 +37,8 @@ from ..generation import ExtractiveGenerator, GenerationOptions, Generator
 from ..prompting import build_prompt, make_citation, route_prompt, split_sentences
 from ..types import Answer, AnswerSentence, Citation, Hit
 from .evidence import Evidence, EvidenceSentence, answer_type, collect_evidence, should_abstain
-from .grounding import check_answer
+from .grounding import MAX_HELD_CHARS, StreamChecker, check_answer
+from .numbering import Numbering
 from .routing import route
 from .selection import is_whole_sentence, select_sentences
 from .spans import SpanResult, SpanSettings, candidate_spans, score_spans
@@ -298,69 +299,48 @@ class GroundedAnswerer:
 
     # -- free generation -----------------------------------------------------------------
     def _generate_stream(self, question, kind, hits, ev, history, timings) -> Iterator[str | Answer]:
-        """Stream the model's answer sentence by sentence, each checked before it is shown:
-        markers pointing at no source are removed, an unmarked supported sentence gets its
-        ``[n]``. Sentences are held back until the first supported one; if none is supported the
-        sentence answer is shown instead. The joined pieces equal the final Answer.text."""
+        """Stream the model's answer a checked sentence, or a long sentence's clause, at a time
+        (:class:`.grounding.StreamChecker`): markers pointing at no source are removed, an
+        unmarked supported sentence gets its ``[n]``, numbers are shown in order of first
+        citation. Text is held back until the first supported claim; if none comes (by the end,
+        or within ``MAX_HELD_CHARS``, when the generator is stopped) the sentence answer is
+        shown instead. The joined pieces equal the final Answer.text. Closing this iterator
+        closes the generator's stream."""
         budget = max(128, int(self.config.context_tokens) - int(self.config.max_new_tokens))
         system, few_shot = route_prompt(kind)
         prompt = build_prompt(question, hits, self.generator.count_tokens, budget, history=history,
                               few_shot=few_shot, system=system)
-        sources = prompt.source_map
-        shown: list[str] = []
-        held: list[str] = []
-        sentences: list[AnswerSentence] = []
-        cites: dict[int, Citation] = {}
-        dropped: list[int] = []
-        any_supported = False
-        thr = self.answer_config.support_threshold
-
-        def process(seg: str) -> list[str]:
-            nonlocal any_supported
-            if not seg.strip():
-                return []
-            a = check_answer(question, seg, sources, hits, ev, self._embed, thr)
-            dropped.extend(a.dropped_markers)
-            for c in a.citations:
-                cites.setdefault(c.n, c)
-            sentences.extend(a.sentences)
-            out = a.text + (" " if seg[-1:].isspace() else "")
-            if any(x.supported for x in a.sentences):
-                any_supported = True
-            if not any_supported:
-                held.append(out)
-                return []
-            res = held + [out]
-            held.clear()
-            return res
-
-        pending = ""
+        numbering = Numbering()
+        checker = StreamChecker(question, prompt.source_map, hits, ev, self._embed,
+                                self.answer_config.support_threshold, numbering)
         t1 = time.perf_counter()
-        for piece in self.generator.stream(prompt.messages, self.options):
-            pending += piece
-            spans = split_sentences(pending)
-            if len(spans) >= 2 and not pending[spans[-1][0]:].startswith("["):
-                cut = spans[-1][0]
-                seg, pending = pending[:cut], pending[cut:]
-                for out in process(seg):
-                    shown.append(out)
-                    yield out
-        for out in process(pending.rstrip()):
-            shown.append(out)
-            yield out
+        stream = self.generator.stream(prompt.messages, self.options)
+        try:
+            for piece in stream:
+                yield from checker.feed(piece)
+                if checker.gave_up:
+                    log.info("no supported claim in the first %d generated characters; stopping", MAX_HELD_CHARS)
+                    break
+            else:
+                yield from checker.finish()
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
         timings["generate_s"] = time.perf_counter() - t1
-        if not any_supported:
+        if not checker.any_supported:
             log.info("generated answer unsupported; falling back to the sentence answer")
             ans = self._sentences(question, kind, hits, ev, ev.sentences[:1] if kind in ("factoid", "yes_no") else None)
-            ans = _replace(ans, dropped_markers=tuple(dropped))
+            ans = _replace(ans, dropped_markers=tuple(checker.dropped))
             yield from _pieces(ans.text)
         else:
-            text = "".join(shown)
+            text = checker.text
             m = re.match(r"\s*(yes|no)\b", text, re.I)
             short = m.group(1).capitalize() if (kind == "yes_no" and m) else ""
-            ans = Answer(question=question, text=text, citations=tuple(sorted(cites.values(), key=lambda c: c.n)),
-                         hits=tuple(hits), sentences=tuple(sentences), dropped_markers=tuple(dropped), kind=kind,
-                         short=short)
+            ans = Answer(question=question, text=text, citations=tuple(checker.citations.values()),
+                         hits=tuple(hits), sentences=tuple(checker.sentences), dropped_markers=tuple(checker.dropped),
+                         kind=kind, short=short)
+            ans = numbering.answer(ans, prompt.source_map)
         yield _replace(ans, timings=timings)
 
     def check(self, question: str, text: str, sources: dict[int, Hit], hits: Sequence[Hit], ev: Evidence) -> Answer:
