@@ -9,7 +9,7 @@ resident set (``wait4`` rusage, the same figure as ``/usr/bin/time -v``), in MB.
 Markdown table with median and max, and the CPU seconds (user + system) each process used.
 
     .venv/bin/rag ingest corpora --index indexes/demo     # once (make demo does it)
-    .venv/bin/python benchmarks/cold_start.py [--runs 5] [--index indexes/demo]
+    .venv/bin/python benchmarks/cold_start.py [--runs 5] [--index indexes/demo] [--only search]
 
 Wall-clock figures depend on what else the machine is doing: say how loaded it was next to them.
 """
@@ -51,12 +51,15 @@ def main() -> int:
     ap.add_argument("--index", default="indexes/demo")
     ap.add_argument("--question", default="Who wrote zlib?")
     ap.add_argument("--query", default="adler-32 checksum")
+    ap.add_argument("--only", choices=("ask", "search"), default=None, help="time one command only")
     args = ap.parse_args()
     if not (ROOT / args.index / "manifest.json").exists():
         print(f"{args.index}: no index (build it: .venv/bin/rag ingest corpora --index {args.index})", file=sys.stderr)
         return 1
     cases = [("rag ask", [str(RAG), "ask", args.question, "--index", args.index], True),
              ("rag search", [str(RAG), "search", args.query, "--index", args.index], False)]
+    if args.only:
+        cases = [c for c in cases if c[0] == f"rag {args.only}"]
     rows = []
     for name, cmd, to_first in cases:
         prime = run_once(cmd)

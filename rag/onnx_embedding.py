@@ -34,8 +34,9 @@ from .model_cache import cache_dir, file_key
 log = logging.getLogger("rag")
 
 __all__ = [
-    "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "OnnxEncoder", "OnnxQueryEncoder", "cache_dir",
-    "export", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8", "weights_key",
+    "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "WORD_VECTORS_INPUT", "OnnxEncoder", "OnnxQueryEncoder",
+    "cache_dir", "export", "make_query_graph", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8",
+    "weights_key",
 ]
 
 EXPORT_VERSION = 1
@@ -46,6 +47,10 @@ PyTorch's."""
 MIN_INT8_COSINE = 0.98
 """An int8 graph is kept only if every probe text's vector has at least this cosine with the fp32
 graph's (dynamic int8 quantisation of MiniLM gives 0.99-0.998 on these probes)."""
+WORD_VECTORS_INPUT = "word_vectors"
+"""Input of a query graph (:func:`make_query_graph`): (batch, tokens, dim) float32 rows of the
+word-embedding table for ``input_ids``, looked up by :class:`OnnxEncoder` from a memory-mapped
+``.npy`` copy of the table."""
 _PROBES = (
     "What is the capital of France?",
     "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors.",
@@ -107,7 +112,8 @@ class OnnxEncoder:
     unreadable graph.
     """
 
-    def __init__(self, path: Path, tokenizer_json: Path, max_seq_length: int, normalize: bool):
+    def __init__(self, path: Path, tokenizer_json: Path, max_seq_length: int, normalize: bool,
+                 word_table: Path | None = None, optimized: bool = False):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -115,9 +121,15 @@ class OnnxEncoder:
         so.intra_op_num_threads = _intra_op_threads()
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized
+                                       else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         so.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self.word_table = Path(word_table) if word_table is not None else None
+        self._words = np.load(self.word_table, mmap_mode="r") if self.word_table is not None else None
+        if self._words is not None and WORD_VECTORS_INPUT not in self._inputs:
+            raise ValueError(f"{path}: no {WORD_VECTORS_INPUT!r} input for the word-embedding table")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_seq_length)
@@ -126,12 +138,18 @@ class OnnxEncoder:
         self.normalize = normalize
         self.path = Path(path)
 
+    def _run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        """(batch, tokens, dim) float32 last hidden states of (batch, tokens) int64 inputs."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        if self._words is not None:  # a query graph: the word-embedding lookup is done here
+            feeds[WORD_VECTORS_INPUT] = np.ascontiguousarray(self._words[ids], dtype=np.float32)
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+
     def encode(self, text: str) -> np.ndarray:
         """(dim,) float32 vector of one text (L2-normalised when the model normalises)."""
         enc = self.tokenizer.encode(text)
         ids = np.asarray([enc.ids], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)}
-        hidden = self.session.run(None, feeds)[0][0]  # (tokens, dim) float32
+        hidden = self._run(ids, np.ones_like(ids), np.asarray([enc.type_ids], dtype=np.int64))[0]  # (tokens, dim)
         v = hidden.mean(axis=0)
         if self.normalize:
             v = v / max(float(np.linalg.norm(v)), 1e-12)
@@ -163,7 +181,7 @@ class OnnxEncoder:
                 ids[r, :L] = e.ids
                 types[r, :L] = e.type_ids
                 mask[r, :L] = 1
-            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+            hidden = self._run(ids, mask, types)
             m = mask[:, :, None].astype(np.float32)
             v = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
             if self.normalize:
@@ -317,3 +335,94 @@ def quantize_int8(fp32: OnnxEncoder, target: Path) -> OnnxEncoder | None:
             return None
         finally:
             _unlink(tmp)
+
+
+def _split_word_embeddings(model) -> "np.ndarray | None":
+    """Cut the word-embedding lookup out of an ONNX ``model`` in place: the ``Gather`` of an
+    initializer table by ``input_ids`` goes, its consumers read the new graph input
+    :data:`WORD_VECTORS_INPUT` instead. Returns the (vocab, dim) float32 table, or None (model
+    unchanged) when there is no single such lookup."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    found = [n for n in g.node if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] == "input_ids"
+             and n.input[0] in inits]
+    if len(found) != 1:
+        return None
+    node = found[0]
+    table = numpy_helper.to_array(inits[node.input[0]])
+    users = [n for n in g.node if node.input[0] in n.input]
+    out = node.output[0]
+    if table.ndim != 2 or table.dtype != np.float32 or len(users) != 1 or any(o.name == out for o in g.output):
+        return None
+    g.node.remove(node)
+    g.initializer.remove(inits[node.input[0]])
+    for i in [i for i in g.input if i.name == node.input[0]]:  # old exports list initializers as inputs
+        g.input.remove(i)
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name == out:
+                n.input[k] = WORD_VECTORS_INPUT
+    g.input.append(helper.make_tensor_value_info(WORD_VECTORS_INPUT, TensorProto.FLOAT, ["batch", "tokens", table.shape[1]]))
+    return np.ascontiguousarray(table)
+
+
+def make_query_graph(fp32: OnnxEncoder, graph_target: Path, table_target: Path) -> OnnxEncoder | None:
+    """Derive the query graph from the fp32 encoder's file: the word-embedding table (all-MiniLM-
+    L6-v2: 30,522 x 384 float32, 47 of the graph's 90 MB) moves to ``table_target`` (``.npy``,
+    memory-mapped at run time: a query reads only its own rows), and the rest is saved already
+    optimised by ONNX Runtime (``ORT_ENABLE_ALL``, offline mode) so a new process loads it
+    without optimising again. Why: a cold ``rag search`` spent about 0.2 s creating the fp32
+    session, mostly copying weights a query never reads.
+
+    The optimised graph is specific to this ONNX Runtime version (the caller puts the version in
+    ``graph_target``'s name). Both files are written atomically, table first. Returns an encoder
+    on the new files, or None (and no files) when the graph has no single word-embedding lookup,
+    anything fails, or a probe text's vector has cosine < :data:`MIN_EXPORT_COSINE` with the fp32
+    graph's."""
+    with _EXPORT_LOCK:
+        plain: str | None = None
+        tmp_graph: str | None = _tmp_next_to(graph_target)
+        tmp_table: str | None = _tmp_next_to(table_target)
+        try:
+            import onnx
+            import onnxruntime as ort
+
+            model = onnx.load(str(fp32.path))
+            table = _split_word_embeddings(model)
+            if table is None:
+                log.info("%s: no word-embedding lookup to split; queries use the full graph", fp32.path)
+                return None
+            with open(tmp_table, "wb") as fh:
+                np.save(fh, table)
+            plain = _tmp_next_to(graph_target)
+            onnx.save(model, plain)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.optimized_model_filepath = tmp_graph
+            so.log_severity_level = 3
+            ort.InferenceSession(plain, so, providers=["CPUExecutionProvider"])  # writes tmp_graph
+            enc = OnnxEncoder(Path(tmp_graph), fp32.tokenizer_json, fp32.max_seq_length, fp32.normalize,
+                              word_table=Path(tmp_table), optimized=True)
+            probes = list(_PROBES)
+            cos = min(_min_cosine(fp32.encode_batch(probes), enc.encode_batch(probes)),
+                      _min_cosine(np.stack([fp32.encode(t) for t in probes]), np.stack([enc.encode(t) for t in probes])))
+            if cos < MIN_EXPORT_COSINE:
+                log.warning("query graph disagrees with the fp32 graph (cosine %.6f); queries use the full graph", cos)
+                return None
+            os.replace(tmp_table, table_target)
+            tmp_table = None
+            os.replace(tmp_graph, graph_target)
+            tmp_graph = None
+            enc.path, enc.word_table = graph_target, table_target
+            log.info("made the query graph %s (probe cosine %.6f)", graph_target, cos)
+            return enc
+        except Exception as e:  # noqa: BLE001 - any problem: queries stay on the full fp32 graph
+            log.warning("could not make the query graph (%s: %s); queries use the full graph",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
+        finally:
+            _unlink(plain)
+            _unlink(tmp_graph)
+            _unlink(tmp_table)

@@ -89,3 +89,50 @@ def test_onnx_document_vectors_match_pytorch(shared_data):
     assert np.allclose(int8.embed_queries(texts[:3]), v32[:3], atol=1e-5)
     assert np.allclose(int8.embed_query(texts[0]), v32[0], atol=1e-5)
     assert int8._model is None  # graphs came from the cache: no PyTorch model loaded
+
+
+def test_query_graph_gives_the_full_graphs_vectors_from_a_split_word_table(tiny_encoder, tmp_path):
+    from rag.onnx_embedding import WORD_VECTORS_INPUT, make_query_graph
+
+    enc, table, _ = tiny_encoder
+    graph, words = tmp_path / "q.onnx", tmp_path / "q-words.npy"
+    q = make_query_graph(enc, graph, words)
+    assert q is not None and q.path == graph and q.word_table == words
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q-words.npy", "q.onnx"]  # no temporary files left
+    assert np.array_equal(np.load(words), table)  # the table left the graph ...
+    assert graph.stat().st_size < 1000 < enc.path.stat().st_size
+    assert WORD_VECTORS_INPUT in {i.name for i in q.session.get_inputs()}
+    texts = ["w1 w2 w3", "w5", " ".join(f"w{i}" for i in range(30)), "w39 w0 w7 w7"]
+    assert np.allclose(q.encode_batch(texts, batch_size=3), enc.encode_batch(texts, batch_size=3), atol=1e-6)
+    assert np.allclose(q.encode(texts[0]), enc.encode(texts[0]), atol=1e-6)
+    # ... and a new process loads the saved files without deriving them again
+    from rag.onnx_embedding import OnnxEncoder
+
+    again = OnnxEncoder(graph, enc.tokenizer_json, 12, True, word_table=words, optimized=True)
+    assert np.allclose(again.encode(texts[2]), enc.encode(texts[2]), atol=1e-6)
+
+
+def test_query_graph_is_not_made_for_a_graph_without_a_word_lookup(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rag.onnx_embedding import OnnxEncoder, make_query_graph
+
+    d = tmp_path / "m"
+    d.mkdir()
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(d / "tokenizer.json"))
+    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["f", "axis"], ["last_hidden_state"])]
+    graph = helper.make_graph(
+        nodes, "no-lookup",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"]) for n in ("input_ids", "attention_mask", "token_type_ids")],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "tokens", 1])],
+        [onnx.numpy_helper.from_array(np.array([2], dtype=np.int64), "axis")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(d / "g.onnx"))
+    enc = OnnxEncoder(d / "g.onnx", d / "tokenizer.json", 8, False)
+    assert make_query_graph(enc, tmp_path / "out" / "q.onnx", tmp_path / "out" / "q.npy") is None
+    assert list((tmp_path / "out").iterdir()) == []
