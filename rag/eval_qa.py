@@ -186,7 +186,8 @@ def evaluate_qa(
             lat = time.perf_counter() - t0
         lats.append(lat)
         chunks = {h.chunk.id: h.chunk for h in ans.hits}
-        if any(_chunk_passage_ids(h.chunk) & gold_ids for h in ans.hits[:k]):
+        ranked = sorted(ans.hits, key=lambda h: h.rank)  # Answer.hits lists the cited ones first
+        if any(_chunk_passage_ids(h.chunk) & gold_ids for h in ranked[:k]):
             hit += 1
         # dangling: markers without a citation, citations without a retrieved chunk
         cit_ns = {c.n for c in ans.citations}
@@ -234,7 +235,7 @@ def evaluate_qa(
                          "ttft": ttft if stream is not None else None, "span_margin": ans.scores.get("span_margin"),
                          "p_yes": ans.scores.get("p_yes"),
                          "golds": golds, "f1": row_f1, "abstained": ans.abstained,
-                         "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ans.hits[:k]],
+                         "retrieved": [sorted(_chunk_passage_ids(h.chunk)) for h in ranked[:k]],
                          "gold_passage_ids": sorted(gold_ids)})
     n = len(qs) or 1
     ood_abst = 0

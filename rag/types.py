@@ -180,8 +180,10 @@ class AnswerSentence(_DictMixin):
 class Answer(_DictMixin):
     """The result of :meth:`rag.RAG.ask`.
 
-    ``text`` is the answer with ``[n]`` markers; ``citations`` resolve each marker;
-    ``abstained`` is True when the index does not hold the answer (``text`` is then the fixed
+    ``text`` is the answer with ``[n]`` markers, numbered 1, 2, ... in order of first
+    citation; ``citations`` resolve each marker; ``hits`` are the retrieved hits with the cited
+    ones first, so ``hits[n - 1]`` is the one ``[n]`` names (``Hit.rank`` keeps retrieval's
+    order); ``abstained`` is True when the index does not hold the answer (``text`` is then the fixed
     abstention message). ``dropped_markers`` lists markers the generator wrote that point at no
     retrieved chunk. ``timings`` are seconds per stage, every key ending in ``_s``
     (``retrieval_s``, ``evidence_s``, ``first_token_s``, ``total_s``, ...); ``scores`` are the

@@ -109,6 +109,26 @@ def test_openai_client_streaming_sends_sources_once(server):
     _check_citations_resolve(content, final.model_extra["citations"], sources)
 
 
+def test_stream_citing_a_lower_hit_numbers_it_1_and_resends_the_sources(admin):
+    # the best sentence is in the third hit: the answer cites it as [1], and the final event lists
+    # the sources again with that hit first (the first event keeps retrieval's order)
+    question = "Which exception is raised on a timeout?"
+    with admin.stream("POST", "/v1/chat/completions",
+                      json={"stream": True, "messages": [{"role": "user", "content": question}]}) as r:
+        parsed = [json.loads(e[6:]) for e in "".join(r.iter_text()).split("\n\n") if e and e != "data: [DONE]"]
+    first, final = parsed[0]["sources"], parsed[-1]
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in parsed)
+    assert _markers(content) == {1} and [c["n"] for c in final["citations"]] == [1]
+    assert [s["n"] for s in final["sources"]] == [s["n"] for s in first] == list(range(1, len(first) + 1))
+    assert final["sources"][0]["chunk"]["id"] == final["citations"][0]["chunk_id"] != first[0]["chunk"]["id"]
+    assert [s["rank"] for s in final["sources"]][0] > 1
+    assert {s["chunk"]["id"] for s in final["sources"]} == {s["chunk"]["id"] for s in first}
+    _check_citations_resolve(content, final["citations"], final["sources"])
+    body = admin.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}]}).json()
+    _check_citations_resolve(body["choices"][0]["message"]["content"], body["citations"], body["sources"])
+    assert body["sources"][0]["chunk"]["id"] == final["sources"][0]["chunk"]["id"]
+
+
 def test_sse_wire_format(admin):
     with admin.stream("POST", "/v1/chat/completions",
                       json={"stream": True, "messages": [{"role": "user", "content": QUESTION}]}) as r:

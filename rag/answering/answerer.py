@@ -35,12 +35,13 @@ import numpy as np
 from ..config import AnswerConfig, GenerationConfig
 from ..generation import ExtractiveGenerator, GenerationOptions, Generator
 from ..prompting import build_prompt, make_citation, route_prompt, split_sentences
-from ..types import Answer, AnswerSentence, Citation, Hit
+from ..types import Answer, AnswerSentence, Hit
 from .evidence import Evidence, EvidenceSentence, answer_type, collect_evidence, should_abstain
 from .grounding import MAX_HELD_CHARS, StreamChecker, check_answer
 from .numbering import Numbering
 from .routing import route
 from .selection import is_whole_sentence, select_sentences
+from .text import starts_with
 from .spans import SpanResult, SpanSettings, candidate_spans, score_spans
 from .verdict import VerdictWeights, decide, verdict_features
 
@@ -235,16 +236,15 @@ class GroundedAnswerer:
         a = self.answer_config
         chosen = list(chosen) if chosen is not None else select_sentences(ev, a.max_sentences, a.mmr_lambda, a.sentence_max_drop)
         parts, sents, cites = ([lead] if lead else []), [], {}
+        numbering = Numbering()
         for s in chosen:
             body = " ".join(s.text.split())
-            parts.append(f"{body} [{s.n}]")
+            parts.append(f"{body} [{numbering.number(s.n)}]")
             sents.append(AnswerSentence(text=body, supported=True, citations=(s.n,), support_score=s.support))
-            cites.setdefault((s.n, s.start), make_citation(s.n, s.hit, (s.start, s.end)))
-        by_n: dict[int, Citation] = {}
-        for c in cites.values():
-            by_n.setdefault(c.n, c)
-        return Answer(question=question, text=" ".join(parts), citations=tuple(sorted(by_n.values(), key=lambda c: c.n)),
-                      hits=tuple(hits), sentences=tuple(sents), kind=kind, short=short)
+            cites.setdefault(s.n, make_citation(s.n, s.hit, (s.start, s.end)))  # the first sentence quoted
+        ans = Answer(question=question, text=" ".join(parts), citations=tuple(cites.values()), hits=tuple(hits),
+                     sentences=tuple(sents), kind=kind, short=short)
+        return numbering.answer(ans)
 
     def _yes_no(self, question: str, hits: Sequence[Hit], ev: Evidence) -> Answer:
         # the evidence is the best sentence of the top-ranked chunk: a yes/no question is about
@@ -282,16 +282,24 @@ class GroundedAnswerer:
         return _replace(ans, scores={"span_logprob": span.score, "span_margin": span.margin})
 
     def _span_answer(self, question: str, hits: Sequence[Hit], span: SpanResult, with_sentence: bool = True) -> Answer:
-        """"<span> — <sentence> [n]": the short answer, then the sentence it was copied from
+        """"<span> — <sentence> [1]": the short answer, then the sentence it was copied from
         (the span alone when that "sentence" is a heading, a table row or a cut chunk edge,
-        which would not help the reader; the citation still quotes it)."""
+        which would not help the reader; the citation still quotes it). A sentence that opens
+        with the span already says it first: it is shown alone (:func:`.text.starts_with`)."""
         s = span.sentence
-        body = f"{span.text} — {' '.join(s.text.split())}" if with_sentence else span.text
-        text = f"{body} [{s.n}]"
+        sentence = " ".join(s.text.split())
+        if not with_sentence:
+            body = span.text
+        elif starts_with(sentence, span.text):
+            body = sentence
+        else:
+            body = f"{span.text} — {sentence}"
         cit = make_citation(s.n, s.hit, (s.start, s.end))
         sents = (AnswerSentence(text=body, supported=True, citations=(s.n,), support_score=s.support),)
-        return Answer(question=question, text=text, citations=(cit,), hits=tuple(hits), sentences=sents, kind="factoid",
-                      short=span.text)
+        numbering = Numbering()
+        ans = Answer(question=question, text=f"{body} [{numbering.number(s.n)}]", citations=(cit,), hits=tuple(hits),
+                     sentences=sents, kind="factoid", short=span.text)
+        return numbering.answer(ans)
 
     def candidate_spans(self, question: str, sentence: str) -> list[tuple[int, int, list[str]]]:
         """:func:`rag.answering.spans.candidate_spans`."""

@@ -40,4 +40,11 @@ def norm(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-__all__ = ["STOP_WORDS", "WORD_RE", "content_words", "norm", "stem", "stems"]
+def starts_with(text: str, prefix: str) -> bool:
+    """True when ``text``'s first words are ``prefix``'s, compared by :func:`norm` (case,
+    punctuation and spacing ignored); an empty ``prefix`` never matches."""
+    p = norm(prefix)
+    return bool(p) and (norm(text) + " ").startswith(p + " ")
+
+
+__all__ = ["STOP_WORDS", "WORD_RE", "content_words", "norm", "starts_with", "stem", "stems"]

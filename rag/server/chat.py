@@ -8,7 +8,9 @@ The stream (``"stream": true``), as Server-Sent Events of ``chat.completion.chun
 2. one event per answer piece: ``delta: {"content": piece}``;
 3. a final event with ``delta: {}``, ``finish_reason`` ("stop", or "length" when
    ``max_tokens`` cut it) and the verified ``citations``, ``abstained``, ``low_relevance``,
-   ``turn`` (the recorded turn, for feedback);
+   ``turn`` (the recorded turn, for feedback); and ``sources`` again, renumbered, when the
+   answer cites them in another order than retrieval ranked them (answers number their sources
+   1, 2, ... in order of first citation: ``sources[n - 1]`` of this event is ``[n]``);
 4. ``data: [DONE]``.
 
 A client that disconnects stops the generation at the next piece; the turn is then not
@@ -146,6 +148,7 @@ async def _stream(ctx, request: Request, turn: _Turn) -> AsyncIterator[str]:
         _pool.submit(produce)
         pieces = 0
         answer: Answer | None = None
+        sent: tuple = ()  # the hits of the sources event
         finish = "stop"
         while True:
             try:
@@ -169,6 +172,7 @@ async def _stream(ctx, request: Request, turn: _Turn) -> AsyncIterator[str]:
                 yield _sse(error_body(status, msg))
                 break
             if isinstance(item, Sources):
+                sent = item.hits
                 yield _sse(chunk_event(cid, model, created, {"role": "assistant", "content": ""},
                                        sources=[hit_wire(h, i, turn.svc.display) for i, h in enumerate(item.hits, 1)],
                                        query=item.query, generation=item.generation, session_id=turn.session_id))
@@ -188,7 +192,10 @@ async def _stream(ctx, request: Request, turn: _Turn) -> AsyncIterator[str]:
                                    session_id=turn.session_id, turn=None))
         elif answer is not None:
             n = await run_in_threadpool(turn.record, answer, time.perf_counter() - t0)
-            yield _sse(chunk_event(cid, model, created, {}, finish_reason="stop", **answer_extras(answer, turn.svc.display),
+            extras = answer_extras(answer, turn.svc.display)
+            if [h.chunk.id for h in answer.hits] != [h.chunk.id for h in sent]:  # renumbered: [1] is the first cited
+                extras["sources"] = [hit_wire(h, i, turn.svc.display) for i, h in enumerate(answer.hits, 1)]
+            yield _sse(chunk_event(cid, model, created, {}, finish_reason="stop", **extras,
                                    session_id=turn.session_id, turn=n))
         yield "data: [DONE]\n\n"
         finished = True
