@@ -296,3 +296,17 @@ def test_span_answer_covers_a_near_tie_beside_it():
     a = answerer(_SpanLM(near, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0,
                  length_bonus=0.0).answer(q, [Hit(chunk=ch2, score=1.0, rank=1, dense_score=0.9)])
     assert a.short == "yin-yang"
+
+
+def test_span_that_opens_its_sentence_is_answered_by_the_sentence_alone():
+    """"Who designed the zlib format?" once read "Jean-loup Gailly and Mark Adler — Jean-loup
+    Gailly and Mark Adler designed ..."; a span elsewhere in its sentence still leads."""
+    opening = "Jean-loup Gailly and Mark Adler designed the zlib format in the year 1995."
+    inside = "The zlib format was designed in the year 1995 by Jean-loup Gailly and Mark Adler."
+    table = {"Jean-loup Gailly and Mark Adler": 2.0}
+    for text, want in ((opening, f"{opening} [1]"), (inside, f"Jean-loup Gailly and Mark Adler — {inside} [1]")):
+        ch = Chunk(id=1, doc_id="d", ordinal=0, start=0, end=len(text), text=text, source="z.md", title="zlib")
+        a = answerer(_SpanLM(table, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0, length_bonus=0.0,
+                     merge_margin=0.0).answer("Who designed the zlib format?", [Hit(chunk=ch, score=1.0, rank=1, dense_score=0.9)])
+        assert a.short == "Jean-loup Gailly and Mark Adler" and a.kind == "factoid"
+        assert a.text == want

@@ -177,3 +177,16 @@ def test_yes_no_evidence_comes_from_the_top_ranked_chunk():
     hits = hits_of(LICENSE, "Lua is free software used for any purpose in many products and projects.")
     a = ga(_YesNoLM(1.0, 0.0)).answer(q, hits)
     assert a.kind == "yes_no" and [c.chunk_id for c in a.citations] == [301]
+
+
+def test_sentence_announcing_a_command_brings_it_and_is_cited_once_after_it():
+    text = ("You can enable it by first installing the optional "
+            "HTTP/2 dependencies...\n\n```shell\n$ pip install client[http2]\n```\n\nThe default stays HTTP/1.1 for now.")
+    g = GroundedAnswerer(ExtractiveGenerator(), HashEmbedder(256), GenerationConfig(backend="extractive"),
+                         abstain_min_dense=0.0, abstain_floor_dense=-1.0, max_sentences=1)
+    a = g.answer("How can you enable it by installing the optional HTTP/2 dependencies?", hits_of(LUA, text))
+    assert a.kind == "explanatory"
+    # the announced command comes along (beyond max_sentences=1), and one [1] follows both
+    assert a.text == ("You can enable it by first installing the optional HTTP/2 dependencies... "
+                      "```shell $ pip install client[http2] ``` [1]")
+    assert [c.chunk_id for c in a.citations] == [302] and a.hits[0].chunk.id == 302

@@ -40,7 +40,7 @@ from .evidence import Evidence, EvidenceSentence, answer_type, collect_evidence,
 from .grounding import MAX_HELD_CHARS, StreamChecker, check_answer
 from .numbering import Numbering
 from .routing import route
-from .selection import is_whole_sentence, select_sentences
+from .selection import announces, is_whole_sentence, select_sentences
 from .text import starts_with
 from .spans import SpanResult, SpanSettings, candidate_spans, score_spans
 from .verdict import VerdictWeights, decide, verdict_features
@@ -237,9 +237,13 @@ class GroundedAnswerer:
         chosen = list(chosen) if chosen is not None else select_sentences(ev, a.max_sentences, a.mmr_lambda, a.sentence_max_drop)
         parts, sents, cites = ([lead] if lead else []), [], {}
         numbering = Numbering()
-        for s in chosen:
+        for i, s in enumerate(chosen):
             body = " ".join(s.text.split())
-            parts.append(f"{body} [{numbering.number(s.n)}]")
+            nxt = chosen[i + 1] if i + 1 < len(chosen) else None
+            if nxt is not None and nxt.n == s.n and announces(s.text):  # one statement: cited once, after both
+                parts.append(body)
+            else:
+                parts.append(f"{body} [{numbering.number(s.n)}]")
             sents.append(AnswerSentence(text=body, supported=True, citations=(s.n,), support_score=s.support))
             cites.setdefault(s.n, make_citation(s.n, s.hit, (s.start, s.end)))  # the first sentence quoted
         ans = Answer(question=question, text=" ".join(parts), citations=tuple(cites.values()), hits=tuple(hits),

@@ -6,7 +6,10 @@ sentences: the best-supported whole sentence first, then while fewer than ``max_
 the candidate maximising ``lam * support - (1 - lam) * max cosine to the chosen`` among those
 within ``max_drop`` support of the best and below ``REDUNDANT_COSINE`` to every chosen one. A
 chosen sentence that opens with a pronoun ("It", "This") brings the sentence before it in its
-chunk, so it reads on its own. The result is ordered by source, then position in the chunk.
+chunk, so it reads on its own; one that announces what follows (ends with ":" or "...")
+brings the next piece of its chunk (a command, a list), which does not count against
+``max_sentences``: the two are one statement the sentence splitter cut. The result is ordered by
+source, then position in the chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ REDUNDANT_COSINE = 0.85
 """Two sentences this similar say the same thing; the second adds nothing to read."""
 CANDIDATES = 12
 _PRONOUN_START = re.compile(r"^(?:it|its|this|these|that|those|they|their|he|she|his|her|such|both)\b", re.I)
+_ANNOUNCES = re.compile(r"(?::|\.\.\.|…)\s*$")
+CONTINUATION_MAX_CHARS = 400
+"""The longest next piece an announcing sentence brings along (a longer one is not its example)."""
+
+
+def announces(text: str) -> bool:
+    """True when ``text`` ends by announcing what follows (":", "..." or "…")."""
+    return bool(_ANNOUNCES.search(text))
 
 
 def is_whole_sentence(text: str) -> bool:
@@ -53,7 +64,7 @@ def select_sentences(ev: Evidence, max_sentences: int = 3, lam: float = 0.7, max
         if best is None:
             break
         chosen.append(best)
-    chosen = _with_antecedents(ev, chosen, max_sentences)
+    chosen = _with_continuations(ev, _with_antecedents(ev, chosen, max_sentences))
     first_rank = {}
     for s in chosen:
         first_rank.setdefault(s.n, len(first_rank))
@@ -80,4 +91,15 @@ def _with_antecedents(ev: Evidence, chosen: list[EvidenceSentence], limit: int) 
                 continue
             out.remove(weakest)
         out.append(prev)
+    return out
+
+
+def _with_continuations(ev: Evidence, chosen: list[EvidenceSentence]) -> list[EvidenceSentence]:
+    out = list(chosen)
+    for s in chosen:
+        if not announces(s.text):
+            continue
+        nxt = min((p for p in ev.sentences if p.n == s.n and p.start >= s.end), key=lambda p: p.start, default=None)
+        if nxt is not None and nxt not in out and len(nxt.text) <= CONTINUATION_MAX_CHARS:
+            out.append(nxt)
     return out
