@@ -180,24 +180,26 @@ class SentenceTransformerEmbedder:
         if want == "torch":
             return "torch"
         precision = want.split("-", 1)[1]
-        if self.onnx_encoder(precision) is not None:
+        if self.onnx_encoder(f"{precision}-split") is not None:
             return want
-        return "onnx-fp32" if precision == "int8" and self.onnx_encoder("fp32") is not None else "torch"
+        return "onnx-fp32" if precision == "int8" and self.onnx_encoder("fp32-split") is not None else "torch"
 
     def query_encoder(self):
-        """The :class:`rag.onnx_embedding.OnnxEncoder` used for queries and short texts, or None:
-        the fp32 query graph (:func:`rag.onnx_embedding.make_query_graph`: the fp32 vectors,
-        from a graph that loads in about a third of the time), else the full fp32 graph."""
-        return self.onnx_encoder("query")
+        """The :class:`rag.onnx_embedding.OnnxEncoder` used for queries and short texts (fp32
+        vectors), or None."""
+        return self.onnx_encoder("fp32-split")
 
     def onnx_encoder(self, precision: str = "fp32"):
-        """The :class:`rag.onnx_embedding.OnnxEncoder` of ``precision`` ("fp32", "int8" or
-        "query"), or None when ONNX Runtime cannot run this model (``config.query_backend ==
-        "torch"``, no onnxruntime, not a local Transformer + mean-pooling folder, or the export
-        failed its check). The graph comes from the cache (:func:`rag.model_cache.cache_dir`) or
-        is made once: fp32 exported from the loaded PyTorch model (about 2 s plus the PyTorch
-        load) and checked against it, int8 quantised from fp32 and "query" split from fp32 (each
-        checked against fp32; "query" falls back to the fp32 encoder itself)."""
+        """The :class:`rag.onnx_embedding.OnnxEncoder` of ``precision``: "fp32" or "int8" (whole
+        graphs), "fp32-split" or "int8-split" (the same vectors from a graph without its
+        word-embedding table, :func:`rag.onnx_embedding.make_split_graph`, which loads in a
+        fraction of the time; the whole graph when it cannot be split). None when ONNX Runtime
+        cannot run this model (``config.query_backend == "torch"``, no onnxruntime, not a local
+        Transformer + mean-pooling folder, or the export failed its check). Graphs come from the
+        cache (:func:`rag.model_cache.cache_dir`) or are made once: fp32 exported from the
+        loaded PyTorch model (about 2 s plus the PyTorch load) and checked against it, int8
+        quantised from fp32 and split graphs from their whole graph, each checked against its
+        source."""
         got = self._onnx.get(precision)
         if got is None:
             with self._onnx_lock:
@@ -223,8 +225,8 @@ class SentenceTransformerEmbedder:
             target = ox.cache_dir() / "onnx" / (f"{key}.onnx" if precision == "fp32" else f"{key}.{precision}.onnx")
         except OSError:
             return None
-        if precision == "query":
-            return self._load_query_graph(ox, key, max_len, normalize)
+        if precision.endswith("-split"):
+            return self._load_split(ox, key, precision[: -len("-split")], max_len, normalize)
         if target.is_file():
             try:
                 return ox.OnnxEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize)
@@ -242,25 +244,26 @@ class SentenceTransformerEmbedder:
             log.warning("no ONNX embedder (%s)", type(e).__name__)
             return None
 
-    def _load_query_graph(self, ox, key: str, max_len: int, normalize: bool):
+    def _load_split(self, ox, key: str, base: str, max_len: int, normalize: bool):
         import onnxruntime
 
         folder = ox.cache_dir() / "onnx"
-        graph = folder / f"{key}.query.ort-{onnxruntime.__version__}.onnx"  # saved optimised: per version
-        table = folder / f"{key}.query-words.npy"
+        stem = key if base == "fp32" else f"{key}.{base}"
+        graph = folder / f"{stem}.split.ort-{onnxruntime.__version__}.onnx"  # saved optimised: per version
+        table = folder / f"{key}.words.npy"  # the same float32 table in the fp32 and int8 graphs
         if graph.is_file() and table.is_file():
             try:
                 return ox.OnnxEncoder(graph, Path(self.path) / "tokenizer.json", max_len, normalize,
                                       word_table=table, optimized=True)
             except Exception as e:  # noqa: BLE001 - damaged cache files: make them again
-                log.warning("cached query graph %s is unreadable (%s); making it again", graph, type(e).__name__)
-        fp32 = self._onnx.get("fp32")  # the caller holds _onnx_lock
-        if fp32 is None:
-            fp32 = self._load_onnx("fp32") or False
-            self._onnx["fp32"] = fp32
-        if not fp32:
+                log.warning("cached ONNX embedder %s is unreadable (%s); making it again", graph, type(e).__name__)
+        full = self._onnx.get(base)  # the caller holds _onnx_lock
+        if full is None:
+            full = self._load_onnx(base) or False
+            self._onnx[base] = full
+        if not full:
             return None
-        return ox.make_query_graph(fp32, graph, table) or fp32
+        return ox.make_split_graph(full, graph, table) or full
 
     # -- embedding ---------------------------------------------------------------------------
     def _torch_encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -269,14 +272,15 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def _onnx_encode(self, precision: str, texts: Sequence[str]) -> np.ndarray | None:
-        enc = self.onnx_encoder(precision)
+        """Vectors from the ``precision`` ("fp32", "int8") split encoder, or None (PyTorch's turn)."""
+        enc = self.onnx_encoder(f"{precision}-split")
         if enc is None:
             return None
         try:
             return enc.encode_batch(texts, batch_size=self.config.batch_size)
         except Exception as e:  # noqa: BLE001 - fall back to PyTorch for good
             log.warning("ONNX %s embedder failed (%s); using PyTorch", precision, type(e).__name__)
-            self._onnx[precision] = False
+            self._onnx[f"{precision}-split"] = False
             return None
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
@@ -297,7 +301,7 @@ class SentenceTransformerEmbedder:
         :meth:`embed_query` vectors; PyTorch only when ONNX Runtime cannot run the model."""
         if len(texts) == 0:
             return np.zeros((0, self.dim or self.model.get_sentence_embedding_dimension()), dtype=np.float32)
-        got = self._onnx_encode("query", texts)
+        got = self._onnx_encode("fp32", texts)
         return got if got is not None else self._torch_encode(texts)
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -310,7 +314,7 @@ class SentenceTransformerEmbedder:
                 return enc.encode(text)
             except Exception as e:  # noqa: BLE001 - fall back to PyTorch for good
                 log.warning("ONNX query encoder failed (%s); using PyTorch", type(e).__name__)
-                self._onnx["query"] = False
+                self._onnx["fp32-split"] = False
         return self._torch_encode([text])[0]
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger("rag")
 
 __all__ = [
     "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "WORD_VECTORS_INPUT", "OnnxEncoder", "OnnxQueryEncoder",
-    "cache_dir", "export", "make_query_graph", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8",
+    "cache_dir", "export", "make_split_graph", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8",
     "weights_key",
 ]
 
@@ -48,7 +48,7 @@ MIN_INT8_COSINE = 0.98
 """An int8 graph is kept only if every probe text's vector has at least this cosine with the fp32
 graph's (dynamic int8 quantisation of MiniLM gives 0.99-0.998 on these probes)."""
 WORD_VECTORS_INPUT = "word_vectors"
-"""Input of a query graph (:func:`make_query_graph`): (batch, tokens, dim) float32 rows of the
+"""Input of a split graph (:func:`make_split_graph`): (batch, tokens, dim) float32 rows of the
 word-embedding table for ``input_ids``, looked up by :class:`OnnxEncoder` from a memory-mapped
 ``.npy`` copy of the table."""
 _PROBES = (
@@ -141,7 +141,7 @@ class OnnxEncoder:
     def _run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
         """(batch, tokens, dim) float32 last hidden states of (batch, tokens) int64 inputs."""
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        if self._words is not None:  # a query graph: the word-embedding lookup is done here
+        if self._words is not None:  # a split graph: the word-embedding lookup is done here
             feeds[WORD_VECTORS_INPUT] = np.ascontiguousarray(self._words[ids], dtype=np.float32)
         return self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
 
@@ -368,34 +368,43 @@ def _split_word_embeddings(model) -> "np.ndarray | None":
     return np.ascontiguousarray(table)
 
 
-def make_query_graph(fp32: OnnxEncoder, graph_target: Path, table_target: Path) -> OnnxEncoder | None:
-    """Derive the query graph from the fp32 encoder's file: the word-embedding table (all-MiniLM-
-    L6-v2: 30,522 x 384 float32, 47 of the graph's 90 MB) moves to ``table_target`` (``.npy``,
-    memory-mapped at run time: a query reads only its own rows), and the rest is saved already
-    optimised by ONNX Runtime (``ORT_ENABLE_ALL``, offline mode) so a new process loads it
-    without optimising again. Why: a cold ``rag search`` spent about 0.2 s creating the fp32
-    session, mostly copying weights a query never reads.
+def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) -> OnnxEncoder | None:
+    """Derive a split graph from the ``full`` encoder's file (fp32 or int8): the word-embedding
+    table (all-MiniLM-L6-v2: 30,522 x 384 float32, 47 MB of the fp32 graph's 90 and of the int8
+    graph's 58) moves to ``table_target`` (``.npy``, memory-mapped at run time, so a text reads
+    only its own rows; int8 quantisation leaves this table float32, so both graphs share one
+    file), and the rest is saved already optimised by ONNX Runtime (``ORT_ENABLE_ALL``, offline
+    mode) so a new process loads it without optimising again. Why: creating the fp32 session
+    took 0.12 CPU s of a cold ``rag search``'s 0.6, and the int8 one most of a one-file
+    ``rag ingest``'s embedding time, mostly copying weights a short text never reads.
 
     The optimised graph is specific to this ONNX Runtime version (the caller puts the version in
-    ``graph_target``'s name). Both files are written atomically, table first. Returns an encoder
-    on the new files, or None (and no files) when the graph has no single word-embedding lookup,
-    anything fails, or a probe text's vector has cosine < :data:`MIN_EXPORT_COSINE` with the fp32
-    graph's."""
+    ``graph_target``'s name). Files are written atomically, the table first (an existing table
+    file is reused when it holds the same table, else replaced). Returns an encoder on the new
+    files, or None (and no new files) when the graph has no single word-embedding lookup,
+    anything fails, or a probe text's vector has cosine < :data:`MIN_EXPORT_COSINE` with the
+    full graph's."""
     with _EXPORT_LOCK:
         plain: str | None = None
         tmp_graph: str | None = _tmp_next_to(graph_target)
-        tmp_table: str | None = _tmp_next_to(table_target)
+        tmp_table: str | None = None
         try:
             import onnx
             import onnxruntime as ort
 
-            model = onnx.load(str(fp32.path))
+            model = onnx.load(str(full.path))
             table = _split_word_embeddings(model)
             if table is None:
-                log.info("%s: no word-embedding lookup to split; queries use the full graph", fp32.path)
+                log.info("%s: no word-embedding lookup to split; using the whole graph", full.path)
                 return None
-            with open(tmp_table, "wb") as fh:
-                np.save(fh, table)
+            try:
+                same = table_target.is_file() and np.array_equal(np.load(table_target, mmap_mode="r"), table)
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                tmp_table = _tmp_next_to(table_target)
+                with open(tmp_table, "wb") as fh:
+                    np.save(fh, table)
             plain = _tmp_next_to(graph_target)
             onnx.save(model, plain)
             so = ort.SessionOptions()
@@ -403,23 +412,24 @@ def make_query_graph(fp32: OnnxEncoder, graph_target: Path, table_target: Path) 
             so.optimized_model_filepath = tmp_graph
             so.log_severity_level = 3
             ort.InferenceSession(plain, so, providers=["CPUExecutionProvider"])  # writes tmp_graph
-            enc = OnnxEncoder(Path(tmp_graph), fp32.tokenizer_json, fp32.max_seq_length, fp32.normalize,
-                              word_table=Path(tmp_table), optimized=True)
+            enc = OnnxEncoder(Path(tmp_graph), full.tokenizer_json, full.max_seq_length, full.normalize,
+                              word_table=Path(tmp_table or table_target), optimized=True)
             probes = list(_PROBES)
-            cos = min(_min_cosine(fp32.encode_batch(probes), enc.encode_batch(probes)),
-                      _min_cosine(np.stack([fp32.encode(t) for t in probes]), np.stack([enc.encode(t) for t in probes])))
+            cos = min(_min_cosine(full.encode_batch(probes), enc.encode_batch(probes)),
+                      _min_cosine(np.stack([full.encode(t) for t in probes]), np.stack([enc.encode(t) for t in probes])))
             if cos < MIN_EXPORT_COSINE:
-                log.warning("query graph disagrees with the fp32 graph (cosine %.6f); queries use the full graph", cos)
+                log.warning("split graph disagrees with %s (cosine %.6f); using the whole graph", full.path.name, cos)
                 return None
-            os.replace(tmp_table, table_target)
-            tmp_table = None
+            if tmp_table is not None:
+                os.replace(tmp_table, table_target)
+                tmp_table = None
             os.replace(tmp_graph, graph_target)
             tmp_graph = None
             enc.path, enc.word_table = graph_target, table_target
-            log.info("made the query graph %s (probe cosine %.6f)", graph_target, cos)
+            log.info("made the split graph %s (probe cosine %.6f)", graph_target, cos)
             return enc
-        except Exception as e:  # noqa: BLE001 - any problem: queries stay on the full fp32 graph
-            log.warning("could not make the query graph (%s: %s); queries use the full graph",
+        except Exception as e:  # noqa: BLE001 - any problem: stay on the whole graph
+            log.warning("could not split %s (%s: %s); using the whole graph", full.path.name,
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return None
         finally:

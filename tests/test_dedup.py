@@ -144,3 +144,35 @@ def test_scifact_false_positive_and_negative_rates():
     assert found[0.8, 0.02] >= 97
     # J ~ (1-3f)/(1+3f): 5 % edits give J ~ 0.74, below 0.8; 0.7 catches most of them.
     assert found[0.8, 0.05] <= 40 and found[0.7, 0.05] >= 70
+
+
+def test_signatures_wait_for_a_second_item_with_the_same_results():
+    """The first kept item's MinHash is made only when a second item needs checking (so adding
+    one small file never imports datasketch); what is found is the same as when every item's
+    signature is made at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rag.dedup import Deduplicator; dd = Deduplicator(); "
+            "assert dd.check_and_add('a', 'one two three four five six') is None; "
+            "assert dd.check_and_add('b', 'ONE two  three four five six').kind == 'exact'; "
+            "dd.remove('a'); assert dd.check_and_add('c', 'seven eight nine ten') is None; "
+            "print('datasketch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+    rng = random.Random(7)
+    items = _abstracts(DOCS / "beir" / "corpus.jsonl", min_words=60)
+    vocab = [w for _, t in items for w in t.split()]
+    stream = [(f"e{i}", _edit(t, rng.choice([0.01, 0.02, 0.05, 0.3]), rng, vocab)) for i, (_, t) in enumerate(items)]
+    stream = [x for pair in zip(items, stream) for x in pair]  # each abstract, then an edited copy
+    class Eager(Deduplicator):  # the behaviour before: every kept item's signature made at once
+        def _register(self, key, norm, digest, signature):
+            super()._register(key, norm, digest, self._signature(norm) if signature is None else signature)
+
+    lazy, eager = Deduplicator(), Eager()
+    got_lazy = [lazy.check_and_add(key, text) for key, text in stream]
+    got_eager = [eager.check_and_add(key, text) for key, text in stream]
+    assert got_lazy == got_eager
+    assert sum(d is not None and d.kind == "near" for d in got_lazy) >= 5  # the check has near duplicates in it
+    assert not lazy._pending  # noqa: SLF001

@@ -89,14 +89,18 @@ def test_onnx_document_vectors_match_pytorch(shared_data):
     assert np.allclose(int8.embed_queries(texts[:3]), v32[:3], atol=1e-5)
     assert np.allclose(int8.embed_query(texts[0]), v32[0], atol=1e-5)
     assert int8._model is None  # graphs came from the cache: no PyTorch model loaded
+    # documents ran on the split int8 graph: the whole int8 graph's vectors, one shared word table
+    split8, whole8 = int8.onnx_encoder("int8-split"), int8.onnx_encoder("int8")
+    assert split8.word_table is not None and split8.word_table == int8.query_encoder().word_table
+    assert (whole8.encode_batch(texts) * v8).sum(axis=1).min() >= 0.99999
 
 
-def test_query_graph_gives_the_full_graphs_vectors_from_a_split_word_table(tiny_encoder, tmp_path):
-    from rag.onnx_embedding import WORD_VECTORS_INPUT, make_query_graph
+def test_split_graph_gives_the_whole_graphs_vectors_from_a_memory_mapped_word_table(tiny_encoder, tmp_path):
+    from rag.onnx_embedding import WORD_VECTORS_INPUT, make_split_graph
 
     enc, table, _ = tiny_encoder
     graph, words = tmp_path / "q.onnx", tmp_path / "q-words.npy"
-    q = make_query_graph(enc, graph, words)
+    q = make_split_graph(enc, graph, words)
     assert q is not None and q.path == graph and q.word_table == words
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q-words.npy", "q.onnx"]  # no temporary files left
     assert np.array_equal(np.load(words), table)  # the table left the graph ...
@@ -112,11 +116,11 @@ def test_query_graph_gives_the_full_graphs_vectors_from_a_split_word_table(tiny_
     assert np.allclose(again.encode(texts[2]), enc.encode(texts[2]), atol=1e-6)
 
 
-def test_query_graph_is_not_made_for_a_graph_without_a_word_lookup(tmp_path):
+def test_no_split_graph_for_a_graph_without_a_word_lookup(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from rag.onnx_embedding import OnnxEncoder, make_query_graph
+    from rag.onnx_embedding import OnnxEncoder, make_split_graph
 
     d = tmp_path / "m"
     d.mkdir()
@@ -134,5 +138,5 @@ def test_query_graph_is_not_made_for_a_graph_without_a_word_lookup(tmp_path):
         [onnx.numpy_helper.from_array(np.array([2], dtype=np.int64), "axis")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(d / "g.onnx"))
     enc = OnnxEncoder(d / "g.onnx", d / "tokenizer.json", 8, False)
-    assert make_query_graph(enc, tmp_path / "out" / "q.onnx", tmp_path / "out" / "q.npy") is None
+    assert make_split_graph(enc, tmp_path / "out" / "q.onnx", tmp_path / "out" / "q.npy") is None
     assert list((tmp_path / "out").iterdir()) == []

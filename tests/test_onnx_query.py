@@ -58,10 +58,12 @@ def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeyp
     first = SentenceTransformerEmbedder()
     assert first.query_encoder() is not None  # exported from the loaded PyTorch model
     cache = tmp_path / "cache" / "onnx"
-    files = [f for f in cache.glob("*.onnx") if ".query." not in f.name]  # the fp32 export
+    files = [f for f in cache.glob("*.onnx") if ".split." not in f.name]  # the fp32 export
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
-    # queries run on the query graph split from it (word-embedding table memory-mapped)
-    assert [f.name.split(".", 1)[1] for f in sorted(cache.glob("*.query*"))][-1] == "query.ort-%s.onnx" % __import__("onnxruntime").__version__
+    # queries run on the graph split from it (word-embedding table memory-mapped)
+    version = __import__("onnxruntime").__version__
+    assert sorted(f.name.split(".", 1)[1] for f in cache.iterdir() if f.is_file()) == \
+        ["onnx", f"split.ort-{version}.onnx", "words.npy"]
     assert first.query_encoder().word_table is not None
     queries = ["What is the capital of France?", "0-dimensional biomaterials show inductive properties.",
                "zlib " * 400]  # the last one is truncated at 256 word pieces like PyTorch does
@@ -73,9 +75,9 @@ def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeyp
     second = SentenceTransformerEmbedder()  # a new process would do the same: load the cached file
     assert np.allclose(second.embed_query(queries[0]), got[0], atol=1e-6)
     assert second._model is None  # no PyTorch model was needed for the query
-    assert second.query_encoder().word_table is not None and "fp32" not in second._onnx  # nor the full graph
+    assert second.query_encoder().word_table is not None and "fp32" not in second._onnx  # nor the whole graph
     # damaged cache files are replaced by a fresh export, never a crash
-    query_graph = next(cache.glob("*.query.*.onnx"))
+    query_graph = next(cache.glob("*.split.*.onnx"))
     files[0].write_bytes(b"not an onnx graph")
     query_graph.write_bytes(b"not an onnx graph")
     third = SentenceTransformerEmbedder()
