@@ -420,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-vectors", default=REAL_VECTORS, help="(n, 384) float32 .npy of real embeddings to compare")
     p.add_argument("--out", default=None, help="also write the report (Markdown) here")
     p.add_argument("--work-dir", default=None,
-                   help="keep each size's index under DIR/<n> and reuse a finished build there (serve only)")
+                   help="keep each size's index under DIR/<n> (--segments: DIR/segments-<n>/base) and reuse a "
+                        "finished build there")
     p.add_argument("--segments", action="store_true",
                    help="instead: commit costs and search latency with 10 live segments on a real index folder "
                         "(benchmarks/scale_segments.py)")
@@ -440,11 +441,17 @@ def main(argv: list[str] | None = None) -> int:
 
         out = []
         for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-            work = Path(tempfile.mkdtemp(prefix="rag-segments-", dir=args.tmp))
+            keep = args.work_dir is not None
+            if keep:
+                work = Path(args.work_dir) / f"segments-{n}"
+                work.mkdir(parents=True, exist_ok=True)
+            else:
+                work = Path(tempfile.mkdtemp(prefix="rag-segments-", dir=args.tmp))
             try:
                 out.append(scale_segments.report(scale_segments.run(n, work, args)))
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                if not keep:
+                    shutil.rmtree(work, ignore_errors=True)
             print("\n" + out[-1], flush=True)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

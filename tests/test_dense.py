@@ -117,6 +117,40 @@ def test_hnsw_filter_with_large_allowed_set_uses_graph_search():
     assert recall >= 0.95, recall
 
 
+def test_excluded_ids_are_never_returned_and_the_rest_keeps_its_scores():
+    x, q = clustered(20_000, 20, 32, 100, seed=5)
+    ids = np.arange(20_000, dtype=np.int64) * 3 + 2
+    for threshold in (10**9, 1000):  # flat, then HNSW
+        index = DenseIndex.build(x, ids, ann_threshold=threshold)
+        full_s, full_i = index.search(q, 30)
+        gone = np.unique(full_i[:, ::3])  # a third of every query's top 30 deleted
+        s, got = index.search(q, 20, excluded_ids=gone)
+        assert (got >= 0).all() and not np.isin(got, gone).any()
+        if index.kind == "flat":  # exact: the survivors of the unfiltered top 30, in order
+            for r in range(q.shape[0]):
+                keep = ~np.isin(full_i[r], gone)  # (other queries' deletions may hit this top 30 too)
+                n = min(20, int(keep.sum()))
+                assert n >= 10
+                np.testing.assert_array_equal(got[r][:n], full_i[r][keep][:n])
+                np.testing.assert_array_equal(s[r][:n], full_s[r][keep][:n])
+        else:
+            want = brute(x, ids, q, 20, np.setdiff1d(ids, gone))[1]
+            recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got, want)])
+            assert recall >= 0.95, recall
+
+
+def test_add_normalized_stores_rows_bit_for_bit(small):
+    x, ids = small
+    index = DenseIndex.build(x, ids, ann_threshold=10**9)
+    copy = DenseIndex.empty(32, "flat")
+    copy.add_normalized(index._storage()[::2], ids[::2])
+    np.testing.assert_array_equal(copy._storage(), index._storage()[::2])
+    q = np.random.default_rng(4).standard_normal((2, 32)).astype(np.float32)
+    s1, i1 = copy.search(q, 10)
+    s2, i2 = index.search(q, 10, allowed_ids=np.sort(ids[::2]))
+    np.testing.assert_array_equal(i1, i2)
+
+
 def test_hnsw_recall_at_10_against_flat():
     """20k x 64 clustered vectors, threshold forced low: recall@10 vs exact >= 0.95."""
     x, q = clustered(20_000, 200, 64, 200, seed=5)

@@ -206,6 +206,24 @@ def test_search_equals_sorted_get_scores(docs, query_words, top_k, seed):
         np.testing.assert_array_equal(scores, full[mask][order])
 
 
+@pytest.mark.parametrize("m, decimals", [(70_000, 1), (70_000, 6), (300_000, 2)])
+def test_top_by_score_sampled_cut_equals_a_full_sort(m, decimals):
+    # above 64 * top_k candidates a strided sample's k-th best cuts them first; with many exact
+    # ties (scores rounded) the result must still be the full sort's, ties at the cut by id
+    from rag.index.sparse import top_by_score
+
+    rng = np.random.default_rng(m + decimals)
+    cids = np.sort(rng.choice(10**9, size=m, replace=False)).astype(np.int64)
+    scores = np.round(rng.gamma(2.0, 2.0, size=m), decimals)
+    scores[rng.choice(m, 500, replace=False)] = scores.max()  # a tie bigger than top_k at the top
+    for top_k in (10, 100, 1000):
+        s32 = scores.astype(np.float32)
+        order = np.lexsort((cids, -s32))[:top_k]
+        got_s, got_i = top_by_score(cids, scores, top_k)
+        assert got_i.tolist() == cids[order].tolist()
+        np.testing.assert_array_equal(got_s, s32[order])
+
+
 # ------------------------------------------------------------------ persistence
 def test_save_load_round_trip_identical(tmp_path):
     index = BM25Index.build(CORPUS, ids_for(len(CORPUS)), BM25Config(k1=1.1, b=0.5))

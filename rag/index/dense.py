@@ -188,6 +188,18 @@ class DenseIndex:
             raise ValueError("vector ids must be unique and not already in the index")
         self._add(vectors, ids)
 
+    def add_normalized(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Append rows that are already stored L2-normalised (another index's
+        :meth:`_storage`, (m, d) float32) under new unique ``ids`` ((m,) int64), as they are:
+        normalising again could move the last bit, and a fused copy must score exactly as
+        the original (:mod:`rag.index.segment_search`). Ids are not checked."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.shape[0] != ids.shape[0]:
+            raise ValueError(f"expected ({ids.shape[0]}, {self.dim}) vectors, got {vectors.shape}")
+        self._index.add_with_ids(vectors, ids)
+        self._id_cache = None
+
     # ------------------------------------------------------------------ ids and vectors
     @property
     def ids(self) -> np.ndarray:
@@ -246,8 +258,8 @@ class DenseIndex:
         return removed
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None,
+               excluded_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours by cosine; see :meth:`_search` for shapes and errors.
 
         A single query runs on one OpenMP thread (unless ``OMP_NUM_THREADS`` is set): FAISS
@@ -258,17 +270,17 @@ class DenseIndex:
         q = np.asarray(queries)
         single = q.ndim == 1 or q.shape[0] == 1
         if not single or "OMP_NUM_THREADS" in os.environ:
-            return self._search(queries, top_k, allowed_ids)
+            return self._search(queries, top_k, allowed_ids, excluded_ids)
         faiss = _faiss()
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return self._search(queries, top_k, allowed_ids)
+            return self._search(queries, top_k, allowed_ids, excluded_ids)
         finally:
             faiss.omp_set_num_threads(before)
 
-    def _search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None,
+                excluded_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours by cosine.
 
         ``queries``: (m, d) (or (d,)) float32, normalised here. Returns ``(scores (m, k)
@@ -279,6 +291,10 @@ class DenseIndex:
         whenever that many are allowed: a filter allowing few vectors (flat: under a quarter;
         HNSW: at most :data:`EXACT_FILTER_MAX`) is answered exactly over the allowed vectors,
         and an HNSW filtered search that still returns too few is redone that way.
+        ``excluded_ids`` (int64, only without ``allowed_ids``): these ids are never returned
+        (``IDSelectorNot`` inside the search, HNSW beam unchanged): for a few deleted rows,
+        cheaper than searching for ``k + excluded`` and dropping them. An HNSW row may then
+        come back short of ``k`` (the caller checks).
         Raises ValueError on a wrong query dimension or ``top_k < 1``.
         """
         faiss = _faiss()
@@ -294,10 +310,16 @@ class DenseIndex:
         if allowed_ids is None:
             if self.ntotal == 0:
                 return _padded(m, k)
-            params = None
-            if self.kind == "hnsw":
+            params, batch = None, None
+            if excluded_ids is not None and len(excluded_ids):
+                batch = faiss.IDSelectorBatch(np.ascontiguousarray(excluded_ids, dtype=np.int64))
+                sel = faiss.IDSelectorNot(batch)  # holds a pointer to batch: keep both alive below
+                params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.ef_search, k)) if self.kind == "hnsw"
+                          else faiss.SearchParameters(sel=sel))
+            elif self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
             scores, ids = self._index.search(q, k, params=params)
+            del batch
             return _clean(scores, ids)
         allowed = np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
         if allowed.size == 0 or self.ntotal == 0:

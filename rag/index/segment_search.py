@@ -11,10 +11,16 @@ tombstoned rows subtracted) and avgdl their mean length. Weights are computed pe
 the stored term frequencies with the same float32 operations, in the same order, as
 :meth:`BM25Index.build` bakes them in, and summed in the same term order: the scores equal a
 rebuild's bit for bit (``tests/test_segments.py`` checks 1e-5).
+
+Per-query cost does not grow with the number of segments beyond a few slices per segment and
+term: BM25 is one scoring pass over a global row space (segments' rows concatenated), and
+the small flat segments are searched as one fused FAISS flat index built once per generation
+(why and figures: ``docs/segments.md``).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,12 +30,18 @@ from ..errors import IndexFormatError
 from .segments import SEGMENTS, TOMBSTONES, Segment, SegmentSpec, _load_npy, load_segment
 
 OVERFETCH_MAX = 512
-"""A segment with at most this many tombstoned rows is searched unfiltered for ``k + dead``
-neighbours, and the dead ones dropped (exact); with more, its live ids become a filter."""
+"""A segment with at most this many tombstoned rows is searched with those ids excluded inside
+the search (``IDSelectorNot``: HNSW keeps its beam, so deleting a few rows costs nothing), or,
+should an HNSW walk come back short, for ``k + dead`` neighbours with the dead dropped; with
+more, its live ids become a filter."""
 FEW_DEAD = 4096
-"""Up to this many tombstoned rows per segment, BM25 finds them in each posting list and among
-the candidates by binary search (O(dead log P)); beyond it, a row mask is gathered per posting
-(O(P)). The first costs nothing measurable for a few deletions in a 1M-row segment."""
+"""Up to this many tombstoned rows per segment, BM25 counts them in each posting list by binary
+search (O(dead log P)) for the document frequencies; beyond it, a row mask is gathered per
+posting (O(P)). The first costs nothing measurable for a few deletions in a 1M-row segment."""
+FUSE_MAX_ROWS = 20_000
+"""Flat segments are searched as one fused FAISS flat index over their live rows while their
+rows add up to at most this many (30 MB of 384-d vectors, copied once per generation): one
+search call instead of one per small segment, tombstones already left out."""
 
 
 class SegmentSet:
@@ -69,7 +81,17 @@ class SegmentSet:
         self.avgdl = float(total_len) / n_live if n_live else 0.0
         denom = self.avgdl if self.avgdl > 0 else 1.0
         self.norms = [(self.k1 * (1.0 - self.b + self.b * seg.doc_lengths / denom)).astype(np.float32) for seg in self.segments]
+        # global row space for BM25: segment i's rows are offsets[i]:offsets[i + 1]
+        self.offsets = np.zeros(len(self.segments) + 1, dtype=np.int64)
+        np.cumsum([seg.rows for seg in self.segments], out=self.offsets[1:])
+        self.n_rows = int(self.offsets[-1])
+        self.row_ids = (self.segments[0].ids if len(self.segments) == 1 else
+                        np.concatenate([seg.ids for seg in self.segments]) if self.segments else np.zeros(0, np.int64))
+        self.row_dead = (np.concatenate([np.zeros(seg.rows, bool) if d is None else d for seg, d in zip(self.segments, self.dead)])
+                         if any(d is not None for d in self.dead) else None)
         self._live_ids: list[np.ndarray | None] = [None] * len(self.segments)
+        self._fused: tuple[Any, list[int], int, int] | None = None
+        self._fused_lock = threading.Lock()
         from .sparse import BM25Tokenizer
 
         tok = self.segments[0].tokenizer if self.segments else {}
@@ -81,6 +103,10 @@ class SegmentSet:
             seg, dead = self.segments[i], self.dead[i]
             self._live_ids[i] = seg.ids if dead is None else seg.ids[~dead]
         return self._live_ids[i]  # type: ignore[return-value]
+
+    def dead_ids(self, i: int) -> np.ndarray:
+        """(d,) int64 ascending tombstoned ids of segment ``i``."""
+        return self.segments[i].ids[self.dead_pos[i]]
 
     def all_live_ids(self) -> np.ndarray:
         """(n,) int64 ascending: every live chunk id (segments hold disjoint ascending ranges)."""
@@ -103,16 +129,73 @@ class SegmentSet:
         return np.concatenate(parts)
 
     # ------------------------------------------------------------------ dense
+    def _fused_flat(self) -> tuple[Any, list[int], int, int] | None:
+        """``(DenseIndex over the live rows of the fused segments, their positions in
+        :attr:`segments`, min id, max id)``, or None when fewer than two flat segments fit in
+        :data:`FUSE_MAX_ROWS`. Built on first use (FAISS files load lazily) and kept for the
+        generation. The stored vectors are copied as they are (not normalised again), so
+        scores equal each segment's own flat search bit for bit."""
+        if self._fused is None:
+            with self._fused_lock:
+                if self._fused is None:
+                    self._fused = self._build_fused()
+        return self._fused or None
+
+    def _build_fused(self):
+        from .dense import DenseIndex
+
+        flat = sorted((seg.rows, i) for i, (spec, seg) in enumerate(zip(self.specs, self.segments))
+                      if spec.dense == "flat" and seg.rows)
+        members, total = [], 0
+        for rows, i in flat:  # smallest first: as many segments as fit
+            if total + rows > FUSE_MAX_ROWS:
+                break
+            members.append(i)
+            total += rows
+        if len(members) < 2:
+            return ()
+        members.sort()
+        vecs, ids = [], []
+        for i in members:
+            dense = self.segments[i].dense
+            if dense.kind != "flat":
+                return ()
+            stored = dense._storage()
+            dead = self.dead[i]
+            vecs.append(stored if dead is None else stored[~dead])
+            ids.append(self.live_ids(i))
+        fused = DenseIndex.empty(self.segments[members[0]].dense.dim, "flat")
+        fused.add_normalized(np.concatenate(vecs), np.concatenate(ids))
+        return (fused, members, int(self.specs[members[0]].min_id), int(self.specs[members[-1]].max_id))
+
     def dense_search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`rag.index.dense.DenseIndex.search` over the live rows of every segment:
-        ``(scores (m, k) float32, ids (m, k) int64)``, best first, padded with -inf / -1."""
+        ``(scores (m, k) float32, ids (m, k) int64)``, best first, padded with -inf / -1.
+        Searches the fused small flat segments (:meth:`_fused_flat`) with one call and every
+        other segment with its own index; the top ``k`` of all, ties by id."""
         q = np.asarray(queries, dtype=np.float32)
         q = q.reshape(1, -1) if q.ndim == 1 else q
         m, k = q.shape[0], int(top_k)
         all_s, all_i = [], []
         allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
+        fused = self._fused_flat()
+        skip = set(fused[1]) if fused else ()
+        if fused:
+            index, _, lo_id, hi_id = fused
+            if allowed is None:
+                s, ids = index.search(q, min(k, index.ntotal))
+                all_s.append(s)
+                all_i.append(ids)
+            else:
+                lo, hi = np.searchsorted(allowed, [lo_id, hi_id + 1])
+                if hi > lo:  # ids of other segments in that range are simply not in the fused index
+                    s, ids = index.search(q, min(k, int(hi - lo), index.ntotal), allowed_ids=allowed[lo:hi])
+                    all_s.append(s)
+                    all_i.append(ids)
         for i, (spec, seg) in enumerate(zip(self.specs, self.segments)):
+            if i in skip:
+                continue
             dead = self.dead[i]
             if allowed is not None:
                 lo, hi = np.searchsorted(allowed, [spec.min_id, spec.max_id + 1])
@@ -131,9 +214,12 @@ class SegmentSet:
                 if live == 0:
                     continue
                 if n_dead <= OVERFETCH_MAX:
-                    s, ids = seg.dense.search(q, min(k + n_dead, seg.rows))
-                    gone = np.isin(ids, seg.ids[dead_rows])
-                    s, ids = np.where(gone, -np.inf, s).astype(np.float32), np.where(gone, -1, ids)
+                    kk = min(k, live)
+                    s, ids = seg.dense.search(q, kk, excluded_ids=self.dead_ids(i))
+                    if ((ids >= 0).sum(axis=1) < kk).any():  # an HNSW walk came back short: overfetch
+                        s, ids = seg.dense.search(q, min(k + n_dead, seg.rows))
+                        gone = np.isin(ids, self.dead_ids(i))
+                        s, ids = np.where(gone, -np.inf, s).astype(np.float32), np.where(gone, -1, ids)
                 else:
                     s, ids = seg.dense.search(q, min(k, live), allowed_ids=self.live_ids(i))
             all_s.append(s)
@@ -155,7 +241,12 @@ class SegmentSet:
     def sparse_search(self, query: str, top_k: int, allowed_ids: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`rag.index.sparse.BM25Index.search` with global statistics: ``(scores
-        float32 (m,), ids int64 (m,))``, score > 0, sorted by score descending then id."""
+        float32 (m,), ids int64 (m,))``, score > 0, sorted by score descending then id.
+
+        One scoring pass for all segments: each query term's postings in every segment are
+        weighted with that segment's length norms and placed at the segment's offset in the
+        global row space, then summed (in query-term order, as a rebuild sums them) and cut
+        once; tombstoned rows are dropped among the candidates."""
         from .sparse import accumulate_scores, query_terms, top_by_score
 
         if top_k < 1:
@@ -167,72 +258,48 @@ class SegmentSet:
         tids, qtf = query_terms(self.tokenizer, terms, query)
         if tids.size == 0:
             return empty
-        words = [terms.names[int(t)] for t in tids]
-        # per segment and term: (start, end) of the postings; df over live rows
-        df = np.zeros(len(words), dtype=np.float64)
-        spans: list[list[tuple[int, int] | None]] = []
-        for i, seg in enumerate(self.segments):
-            row: list[tuple[int, int] | None] = []
-            for t, w in enumerate(words):
+        # (term, segment, start, end) of every non-empty posting list; df over live rows
+        df = np.zeros(tids.size, dtype=np.float64)
+        spans: list[tuple[int, int, int, int]] = []
+        for t, tid in enumerate(tids.tolist()):
+            w = terms.names[tid]
+            for i, seg in enumerate(self.segments):
                 lt = seg.term_ids.get(w)
                 if lt is None:
-                    row.append(None)
                     continue
                 s, e = int(seg.indptr[lt]), int(seg.indptr[lt + 1])
-                row.append((s, e))
+                if s == e:
+                    continue
+                spans.append((t, i, s, e))
                 n_t = e - s
                 if self.dead[i] is not None:
                     n_t -= _count_in(seg.indices[s:e], self.dead_pos[i]) if self.dead_pos[i].size <= FEW_DEAD \
                         else int(self.dead[i][seg.indices[s:e]].sum())
                 df[t] += n_t
-            spans.append(row)
+        if not spans:
+            return empty
         n = self.n_live
         # as BM25Index.build: idf in float64, then float32 (factor 1.0 for the Lucene idf)
         idf32 = (np.log1p((n - df + 0.5) / (df + 0.5)) * 1.0).astype(np.float32)
-        cand_ids, cand_scores = [], []
-        for i, seg in enumerate(self.segments):
-            pos_parts, w_parts = [], []
-            norm = self.norms[i]
-            for t, span in enumerate(spans[i]):
-                if span is None:
-                    continue
-                s, e = span
-                pos = seg.indices[s:e]
-                tf = seg.tf[s:e]
-                w = tf / (tf + norm[pos])
-                w *= idf32[t]
-                pos_parts.append(pos)
-                w_parts.append(w * qtf[t])
-            if not pos_parts:
-                continue
-            pos = np.concatenate(pos_parts)
-            wts = np.concatenate(w_parts)
-            few = self.dead_pos[i].size <= FEW_DEAD
-            if self.dead[i] is not None and not few:
-                keep = ~self.dead[i][pos]
-                pos, wts = pos[keep], wts[keep]
-                if pos.size == 0:
-                    continue
-            cand, scores = accumulate_scores(pos, wts, seg.rows)
-            positive = scores > 0
-            if self.dead[i] is not None and few:  # drop tombstoned candidates (cand is ascending)
-                positive &= ~_in_sorted(cand, self.dead_pos[i])
-            cand_ids.append(seg.ids[cand[positive]])
-            cand_scores.append(scores[positive])
-        if not cand_ids:
-            return empty
-        return top_by_score(np.concatenate(cand_ids), np.concatenate(cand_scores), top_k, allowed_ids)
-
-
-def _in_sorted(values: np.ndarray, few: np.ndarray) -> np.ndarray:
-    """(len(values),) bool: which of ``values`` (ascending) are in ``few`` (ascending, small)."""
-    out = np.zeros(values.shape[0], dtype=bool)
-    if values.size and few.size:
-        j = np.searchsorted(values, few)
-        ok = j < values.size
-        j = j[ok]
-        out[j[values[j] == few[ok]]] = True
-    return out
+        pos_parts, w_parts = [], []
+        for t, i, s, e in spans:
+            seg = self.segments[i]
+            rows, tf = seg.indices[s:e], seg.tf[s:e]
+            w = self.norms[i][rows]  # the float32 operations of BM25Index.build, then the query's qtf
+            w += tf
+            np.divide(tf, w, out=w)
+            w *= idf32[t]
+            w *= qtf[t]
+            off = int(self.offsets[i])
+            pos_parts.append(rows if off == 0 else rows + off)
+            w_parts.append(w)
+        pos = pos_parts[0] if len(pos_parts) == 1 else np.concatenate(pos_parts)
+        wts = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
+        cand, scores = accumulate_scores(pos, wts, self.n_rows)
+        keep = scores > 0
+        if self.row_dead is not None:
+            keep &= ~self.row_dead[cand]
+        return top_by_score(self.row_ids[cand[keep]], scores[keep], top_k, allowed_ids)
 
 
 def _count_in(values: np.ndarray, few: np.ndarray) -> int:

@@ -315,10 +315,13 @@ def accumulate_scores(pos: np.ndarray, wts: np.ndarray, n_rows: int) -> tuple[np
     """Sum posting weights per row: ``pos`` ((P,) int row positions < ``n_rows``) and ``wts``
     ((P,) float) give the ascending rows with a posting and their summed scores (float64). A
     dense bincount when P * 8 >= n_rows (cheaper then), else np.unique over the postings:
-    O(P log P). Shared by :class:`BM25Index` and the segment search."""
+    O(P log P). Shared by :class:`BM25Index` and the segment search.
+
+    The rows are found with ``nonzero`` on the boolean ``acc != 0``, not on the float array:
+    numpy's float path branches per element (7 ms vs 0.6 ms over 1M rows here)."""
     if pos.size * 8 >= n_rows:
         acc = np.bincount(pos, weights=wts, minlength=n_rows)
-        cand = np.flatnonzero(acc)
+        cand = np.flatnonzero(acc != 0)
         return cand, acc[cand]
     cand, inv = np.unique(pos, return_inverse=True)
     return cand, np.bincount(inv, weights=wts)
@@ -328,8 +331,11 @@ def top_by_score(cids: np.ndarray, scores: np.ndarray, top_k: int,
                  allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``top_k`` best of candidate chunks ``cids`` ((m,) int64) with ``scores`` ((m,)):
     ``(scores float32 (<= top_k,), ids int64)``, sorted by score descending then id. Only ids
-    in ``allowed_ids`` (ascending int64, or None for all) are kept. O(m) selection
-    (np.partition) before an O(k log k) sort. Shared by :class:`BM25Index` and the segment search."""
+    in ``allowed_ids`` (ascending int64, or None for all) are kept. O(m) selection before an
+    O(k log k) sort; for many candidates the k-th best of a strided sample (never above the
+    k-th best of all) first cuts them to about ``k * stride``, so ``np.partition`` runs on a few
+    thousand instead of m (1M-chunk queries have ~300k candidates: 2 ms -> 0.4 ms). Shared by
+    :class:`BM25Index` and the segment search."""
     if allowed_ids is not None:
         allowed = np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
         if allowed.size == 0:
@@ -338,6 +344,12 @@ def top_by_score(cids: np.ndarray, scores: np.ndarray, top_k: int,
         keep = allowed[j] == cids
         cids, scores = cids[keep], scores[keep]
     scores = scores.astype(np.float32)
+    if scores.size > 64 * top_k:
+        stride = int(np.sqrt(scores.size / top_k))  # sample m / stride, keep ~k * stride
+        sample = scores[::stride]
+        floor = np.partition(sample, sample.size - top_k)[sample.size - top_k]
+        keep = scores >= floor
+        cids, scores = cids[keep], scores[keep]
     if scores.size > top_k:
         kth = np.partition(scores, scores.size - top_k)[scores.size - top_k]
         keep = scores >= kth  # keeps every tie at the cut; sorted below by id
