@@ -154,7 +154,9 @@ class QueryEngine:
         out["embedder_s"] = time.perf_counter() - t
         t = time.perf_counter()
         gen = self.generator
-        getattr(gen, "model", None)  # transformers generators load their weights on access
+        load = getattr(gen, "load", None)  # local generators load their weights now, not at the first question
+        if callable(load):
+            load()
         self.answerer
         out["generator_s"] = time.perf_counter() - t
         if self.index.exists():

@@ -12,6 +12,7 @@ from rag.generation import (
     EchoGenerator,
     ExtractiveGenerator,
     GenerationOptions,
+    LocalGenerator,
     OpenAICompatibleGenerator,
     TransformersGenerator,
     _stream_with_stop,
@@ -44,7 +45,8 @@ def test_make_generator_backends():
     assert isinstance(make_generator(GenerationConfig(backend="extractive")), ExtractiveGenerator)
     assert isinstance(make_generator(GenerationConfig(backend="echo")), EchoGenerator)
     t = make_generator(GenerationConfig())
-    assert isinstance(t, TransformersGenerator) and t._model is None  # lazy
+    assert isinstance(t, LocalGenerator) and t.runtime == "auto" and t.runtime_name is None  # lazy
+    assert make_generator(GenerationConfig(runtime="transformers")).runtime == "transformers"
     with pytest.raises(ConfigError):
         make_generator(GenerationConfig(backend="openai"))  # no base_url
 

