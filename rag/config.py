@@ -104,7 +104,10 @@ class RetrievalConfig:
 
 @dataclass
 class GenerationConfig:
-    """Generator settings. ``backend``: "transformers", "extractive" or "openai"."""
+    """Generator settings. ``backend``: "transformers" (a local model), "extractive" or "openai".
+    ``runtime`` (local models): "auto" runs a GGUF Llama model (the default SmolLM2) from its
+    checked ONNX copy, made once per machine (:mod:`rag.generation.local`), other models with
+    transformers; "onnx" requires the copy; "transformers" never uses it."""
 
     backend: str = "transformers"
     model: str = DEFAULT_GENERATOR
@@ -116,6 +119,7 @@ class GenerationConfig:
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
     allow_pickle: bool = False
+    runtime: str = "auto"
 
 
 @dataclass
@@ -307,6 +311,8 @@ class RagConfig:
                 raise ConfigError(f"retrieval.{name} must be >= {low}, not {value!r}")
         if not 0.0 < self.dedup.near_threshold <= 1.0:
             raise ConfigError("dedup.near_threshold must be in (0, 1]")
+        if self.generation.runtime not in ("auto", "onnx", "transformers"):
+            raise ConfigError(f"generation.runtime must be auto, onnx or transformers, not {self.generation.runtime!r}")
         if self.generation.backend not in ("transformers", "extractive", "openai", "echo"):
             raise ConfigError(f"generation.backend must be transformers, extractive or openai, not {self.generation.backend!r}")
 
