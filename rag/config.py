@@ -154,7 +154,7 @@ class AnswerConfig:
     span_pmi_starts: int = 4
     span_pmi_weight: float = 0.4
     span_proximity_weight: float = 0.4
-    span_merge_margin: float = 2.0
+    span_merge_margin: float = 0.0
     span_length_bonus_other: float = 0.5
     span_length_bonus_entity: float = 1.0
     span_sure_margin: float = 0.0

@@ -283,6 +283,7 @@ def test_span_answer_covers_a_near_tie_beside_it():
     far = {"yin-yang": -0.5, "wuxing philosophy": -3.0}  # -5.0: 3.5 nats behind
 
     def ask(table, **kw):
+        kw.setdefault("merge_margin", 2.0)  # off by default (the sentence follows the span)
         return answerer(_SpanLM(table, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0,
                         length_bonus=0.0, **kw).answer(q, hits)
 
@@ -293,7 +294,7 @@ def test_span_answer_covers_a_near_tie_beside_it():
     long_text = "Medicine rests on yin-yang, says one old school of thought, and wuxing philosophy."
     assert len(long_text.split()) - 3 > SPAN_MERGE_MAX_WORDS
     ch2 = Chunk(id=2, doc_id="d", ordinal=0, start=0, end=len(long_text), text=long_text, source="m.md", title="M")
-    a = answerer(_SpanLM(near, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0,
+    a = answerer(_SpanLM(near, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0, merge_margin=2.0,
                  length_bonus=0.0).answer(q, [Hit(chunk=ch2, score=1.0, rank=1, dense_score=0.9)])
     assert a.short == "yin-yang"
 
@@ -310,3 +311,29 @@ def test_span_that_opens_its_sentence_is_answered_by_the_sentence_alone():
                      merge_margin=0.0).answer("Who designed the zlib format?", [Hit(chunk=ch, score=1.0, rank=1, dense_score=0.9)])
         assert a.short == "Jean-loup Gailly and Mark Adler" and a.kind == "factoid"
         assert a.text == want
+
+
+def test_span_is_cut_to_what_the_question_asks():
+    """The year of a date for "what year"; no lower-case edge words the question already says;
+    capitalised words (names) and numbers stay."""
+    from rag.answering.spans import trim_to_question
+
+    def cut(question, sentence, span):
+        s = sentence.index(span)
+        a, b = trim_to_question(question, sentence, s, s + len(span))
+        return sentence[a:b]
+
+    assert cut("How many seconds were left in the game?", "There were 17 seconds left.", "17 seconds") == "17"
+    assert cut("What year did Tesla die?", "Tesla died on 7 January 1943 in New York.", "7 January 1943") == "1943"
+    assert cut("When did Tesla die?", "Tesla died on 7 January 1943 in New York.", "7 January 1943") == "7 January 1943"
+    assert cut("What style of sensing is used?", "They use remote sensing.", "remote sensing") == "remote"
+    assert cut("Which directive was created in 1994?", "The Works Council Directive was created.",
+               "Works Council Directive") == "Works Council Directive"
+    assert cut("What is sensing?", "They use sensing.", "sensing") == "sensing"  # never empty
+    # through the answerer: the short answer is cut, the sentence still follows it
+    text = "The Broncos scored 11 points in the final three minutes of the game."
+    ch = Chunk(id=1, doc_id="d", ordinal=0, start=0, end=len(text), text=text, source="b.md", title="Broncos")
+    a = answerer(_SpanLM({"11 points": 3.0}, {}), mode="spans", pmi_weight=0.0, proximity_weight=0.0,
+                 length_bonus=0.0).answer("How many points did the Broncos score in the final three minutes?",
+                                          [Hit(chunk=ch, score=1.0, rank=1, dense_score=0.9)])
+    assert a.short == "11" and a.text == f"11 — {text} [1]"
