@@ -88,6 +88,15 @@ def test_onnx_copy_scores_like_transformers(exported):
         for ra, rb in zip(a, b):
             assert ra[0] == rb[0]
             assert ra[1] == pytest.approx(rb[1], abs=1e-3) and ra[2] == pytest.approx(rb[2], abs=1e-3)
+    # another prompt family (a different system prompt) keeps its own cache slot: the first
+    # family's prefix survives it, and the numbers still equal transformers'
+    other = [{"role": "system", "content": "Say Yes or No."}, MSGS[0]]
+    ref._prompt_cache = None
+    assert onnx.token_logprobs(other, ["Yes", "No"])[0][1] == pytest.approx(ref.token_logprobs(other, ["Yes", "No"])[0][1], abs=1e-3)
+    assert len(onnx._prompt_caches) == 2
+    again = onnx.token_logprobs(MSGS, TEXTS, end_text=" [")
+    for ra, rb in zip(a, again):
+        assert ra[1] == pytest.approx(rb[1], abs=1e-3)
     top = onnx.token_logprobs(MSGS, TEXTS, top_first=2)
     assert sum(r is not None for r in top) == 2
     opts = GenerationOptions(max_new_tokens=16)
