@@ -190,3 +190,17 @@ def test_sentence_announcing_a_command_brings_it_and_is_cited_once_after_it():
     assert a.text == ("You can enable it by first installing the optional HTTP/2 dependencies... "
                       "```shell $ pip install client[http2] ``` [1]")
     assert [c.chunk_id for c in a.citations] == [302] and a.hits[0].chunk.id == 302
+
+
+def test_announced_command_in_the_next_retrieved_chunk_follows_the_sentence():
+    intro = "You can enable it by first installing the optional HTTP/2 dependencies..."
+    cmd = "```shell\n$ pip install client[http2]\n```\n\nThe default stays HTTP/1.1 for now."
+    c1 = Chunk(id=401, doc_id="d", ordinal=0, start=0, end=len(intro), text=intro, source="h2.md", title="HTTP/2")
+    c2 = Chunk(id=402, doc_id="d", ordinal=1, start=len(intro) + 2, end=len(intro) + 2 + len(cmd), text=cmd,
+               source="h2.md", title="HTTP/2")
+    hits = [Hit(chunk=c, score=1.0 / r, rank=r, dense_score=0.6) for r, c in enumerate((c1, hits_of(LUA)[0].chunk, c2), 1)]
+    g = GroundedAnswerer(ExtractiveGenerator(), HashEmbedder(256), GenerationConfig(backend="extractive"),
+                         abstain_min_dense=0.0, abstain_floor_dense=-1.0, max_sentences=1)
+    a = g.answer("How can you enable it by installing the optional HTTP/2 dependencies?", hits)
+    assert a.text == f"{intro} [1] ```shell $ pip install client[http2] ``` [2]"
+    assert [c.chunk_id for c in a.citations] == [401, 402] and [h.chunk.id for h in a.hits[:2]] == [401, 402]

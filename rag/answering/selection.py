@@ -7,7 +7,8 @@ the candidate maximising ``lam * support - (1 - lam) * max cosine to the chosen`
 within ``max_drop`` support of the best and below ``REDUNDANT_COSINE`` to every chosen one. A
 chosen sentence that opens with a pronoun ("It", "This") brings the sentence before it in its
 chunk, so it reads on its own; one that announces what follows (ends with ":" or "...")
-brings the next piece of its chunk (a command, a list), which does not count against
+brings the next piece of its document when retrieved (a command, a list; it may open the next
+chunk), which does not count against
 ``max_sentences``: the two are one statement the sentence splitter cut. The result is ordered by
 source, then position in the chunk.
 """
@@ -64,11 +65,11 @@ def select_sentences(ev: Evidence, max_sentences: int = 3, lam: float = 0.7, max
         if best is None:
             break
         chosen.append(best)
-    chosen = _with_continuations(ev, _with_antecedents(ev, chosen, max_sentences))
+    chosen = _with_antecedents(ev, chosen, max_sentences)
     first_rank = {}
     for s in chosen:
         first_rank.setdefault(s.n, len(first_rank))
-    return sorted(chosen, key=lambda s: (first_rank[s.n], s.start))
+    return _with_continuations(ev, sorted(chosen, key=lambda s: (first_rank[s.n], s.start)))
 
 
 def _cos(a: EvidenceSentence, b: EvidenceSentence) -> float:
@@ -95,11 +96,16 @@ def _with_antecedents(ev: Evidence, chosen: list[EvidenceSentence], limit: int) 
 
 
 def _with_continuations(ev: Evidence, chosen: list[EvidenceSentence]) -> list[EvidenceSentence]:
-    out = list(chosen)
+    """``chosen`` with the next piece of each announcing sentence right after it."""
+    out: list[EvidenceSentence] = []
     for s in chosen:
+        out.append(s)
         if not announces(s.text):
             continue
-        nxt = min((p for p in ev.sentences if p.n == s.n and p.start >= s.end), key=lambda p: p.start, default=None)
-        if nxt is not None and nxt not in out and len(nxt.text) <= CONTINUATION_MAX_CHARS:
+        # by document offset, so the next piece may open the next retrieved chunk of the document
+        end = s.hit.chunk.start + s.end
+        nxt = min((p for p in ev.sentences if p.hit.chunk.doc_id == s.hit.chunk.doc_id and p.hit.chunk.start + p.start >= end),
+                  key=lambda p: p.hit.chunk.start + p.start, default=None)
+        if nxt is not None and nxt not in chosen and nxt not in out and len(nxt.text) <= CONTINUATION_MAX_CHARS:
             out.append(nxt)
     return out
