@@ -139,7 +139,9 @@ class AnswerConfig:
     non-overlapping rival is closer than this is not asserted, the sentence answers instead.
     ``yes_no_*``: logistic verdict weights (:class:`rag.answering.verdict.VerdictWeights`),
     fitted on BoolQ dev's dev half; ``yes_no_evidence``: what the model reads for the verdict
-    ("sentence": the best supporting sentence, "two": the best two of its chunk, "chunk").
+    ("sentence": the best supporting sentence, "two": the best two of its chunk, "chunk");
+    ``yes_no_baseline``: what the evidence-free log-odds ``m_null`` reads ("question": the
+    question alone, i.e. PMI; "na": the content-free source "N/A", contextual calibration).
     ``max_sentences``, ``mmr_lambda``, ``sentence_max_drop``:
     sentence answers (:func:`rag.answering.selection.select_sentences`).
     """
@@ -158,15 +160,16 @@ class AnswerConfig:
     span_length_bonus_other: float = 0.5
     span_length_bonus_entity: float = 1.0
     span_sure_margin: float = 0.0
-    yes_no_bias: float = 1.549
-    yes_no_model: float = 1.244
-    yes_no_prior: float = -1.244
-    yes_no_negation: float = 0.0
-    yes_no_missing: float = 0.0
+    yes_no_bias: float = 1.704
+    yes_no_model: float = 0.543
+    yes_no_prior: float = -0.543
+    yes_no_negation: float = -0.579
+    yes_no_missing: float = -0.449
     yes_no_undecided_margin: float = 0.0
     yes_no_overlap: float = 0.0
     yes_no_evidence: str = "two"
     yes_no_few_shot: bool = True
+    yes_no_baseline: str = "question"
     max_sentences: int = 3
     mmr_lambda: float = 0.7
     sentence_max_drop: float = 0.25
@@ -313,6 +316,8 @@ class RagConfig:
             raise ConfigError("dedup.near_threshold must be in (0, 1]")
         if self.generation.runtime not in ("auto", "onnx", "transformers"):
             raise ConfigError(f"generation.runtime must be auto, onnx or transformers, not {self.generation.runtime!r}")
+        if self.answer.yes_no_baseline not in ("question", "na"):
+            raise ConfigError(f"answer.yes_no_baseline must be question or na, not {self.answer.yes_no_baseline!r}")
         if self.generation.backend not in ("transformers", "extractive", "openai", "echo"):
             raise ConfigError(f"generation.backend must be transformers, extractive or openai, not {self.generation.backend!r}")
 

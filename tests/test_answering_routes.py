@@ -26,7 +26,7 @@ def hits_of(*texts):
 
 class _YesNoLM(EchoGenerator):
     """Fake scorer: log P("Yes") - log P("No") is ``with_source`` when the prompt carries a real
-    source and ``prior`` under the content-free "N/A" source."""
+    source and ``prior`` without one (the question alone, or the content-free "N/A" source)."""
 
     def __init__(self, with_source, prior):
         super().__init__()
@@ -34,7 +34,9 @@ class _YesNoLM(EchoGenerator):
 
     def token_logprobs(self, messages, texts, prefix="", end_text=None, batch_size=48, top_first=None, first_bonus=None):
         assert messages[0]["content"] == YES_NO_SYSTEM and texts == ["Yes", "No"]
-        null = messages[-1]["content"].startswith(f"Source:\n{NULL_SOURCE}\n")
+        # the evidence-free baseline: the question alone (default) or the "N/A" source
+        null = (messages[-1]["content"].startswith(f"Source:\n{NULL_SOURCE}\n")
+                or not messages[-1]["content"].startswith("Source:"))
         self.prompts.append("null" if null else "source")
         m = self.prior if null else self.with_source
         return [([3], [m / 2], []), ([2], [-m / 2], [])]

@@ -43,7 +43,7 @@ from .routing import route
 from .selection import announces, is_whole_sentence, select_sentences
 from .text import starts_with
 from .spans import SpanResult, SpanSettings, candidate_spans, score_spans
-from .verdict import VerdictWeights, decide, verdict_features
+from .verdict import BASELINES, VerdictWeights, decide, verdict_features
 
 log = logging.getLogger("rag")
 
@@ -95,6 +95,8 @@ class GroundedAnswerer:
         self.answer_config = dataclasses.replace(ac, **changes)
         if self.answer_config.yes_no_evidence not in ("sentence", "two", "chunk"):
             raise ValueError(f"answer.yes_no_evidence must be sentence, two or chunk, not {self.answer_config.yes_no_evidence!r}")
+        if self.answer_config.yes_no_baseline not in BASELINES:
+            raise ValueError(f"answer.yes_no_baseline must be question or na, not {self.answer_config.yes_no_baseline!r}")
         self._cache: dict[str, np.ndarray] = {}
         if mode == "auto":
             if isinstance(generator, ExtractiveGenerator):
@@ -267,7 +269,7 @@ class GroundedAnswerer:
         lex = ev.chunk_lexical[best.n - 1] if ev.chunk_lexical else ev.best_lexical
         w = self.verdict_weights
         f = verdict_features(self.generator, question, source, [best.text], 1.0 - lex, use_prior=w.prior != 0.0,
-                             overlap=best.overlap, few_shot=a.yes_no_few_shot)
+                             overlap=best.overlap, few_shot=a.yes_no_few_shot, baseline=a.yes_no_baseline)
         label, p_yes = decide(f, w)
         lead = {"yes": "Yes.", "no": "No."}.get(label or "", UNDECIDED_TEXT)
         ans = self._sentences(question, "yes_no", hits, ev, [best], lead=lead, short=(label or "").capitalize())

@@ -1,21 +1,24 @@
 """Yes/no verdicts from evidence: the model's Yes-vs-No log-odds, calibrated, plus cues.
 
-For a yes/no question the generator (any ``token_logprobs`` scorer) reads the chunk that holds
-the best supporting sentence after a four-example prompt (:data:`YES_NO_FEW_SHOT`) and we take
-``m = log P("Yes") - log P("No")`` as its first reply token. Small models lean one way whatever
-the evidence, so the same question is also scored with the content-free source "N/A"
-(contextual calibration, Zhao et al. 2021, "Calibrate Before Use") giving ``m_null``. The
-verdict is a logistic model over
+For a yes/no question the generator (any ``token_logprobs`` scorer) reads the evidence (by
+default the best two sentences of the top-ranked chunk) after a four-example prompt
+(:data:`YES_NO_FEW_SHOT`) and we take ``m = log P("Yes") - log P("No")`` as its first reply
+token. Small models lean one way whatever the evidence, so the same question is also scored
+without the evidence, giving the baseline ``m_null``: with ``baseline="question"`` (default)
+the question alone, no source block (per-question PMI: how much the evidence moves the
+verdict), with ``baseline="na"`` the content-free source "N/A" (contextual calibration, Zhao et
+al. 2021, "Calibrate Before Use"). The verdict is a logistic model over
 
 * ``m`` and ``m_null`` (calibration is ``m - m_null``; the fitted weights may differ),
-* ``negation``: negation words in the supporting sentences that the question lacks,
+* ``negation``: negation words in the supporting sentence that the question lacks,
 * ``missing``: the IDF-weighted share of the question's words absent from that chunk (a
   question about "pepsi" asked of a passage that never names Pepsi is usually answered No),
 * ``overlap``: the best sentence's IDF-weighted share of the question's words,
 
-fitted on the dev half of BoolQ dev (``benchmarks/qa_yes_no.py``) and reported on the other
-half; the weights are fields of :class:`rag.config.AnswerConfig`. ``|z|`` below
-``undecided_margin`` answers that the documents do not settle the question.
+fitted on the dev half of BoolQ dev (``benchmarks/qa_yes_no.py``, figures in
+docs/answering.md) and reported on the other half; the weights are fields of
+:class:`rag.config.AnswerConfig`. ``|z|`` below ``undecided_margin`` answers that the documents
+do not settle the question.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ YES_NO_FEW_SHOT = [
 contradicting fact rather than a negation."""
 
 NULL_SOURCE = "N/A"
+BASELINES = ("question", "na")
+"""What ``m_null`` is scored on: the question alone, or the content-free source "N/A"."""
 _NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|nothing|nobody|cannot|without|unlike|instead)\b|n't\b", re.I)
 
 
@@ -87,6 +92,17 @@ def yes_no_messages(question: str, source: str, few_shot: bool = True) -> list[d
     ]
 
 
+def baseline_messages(question: str, baseline: str = "question", few_shot: bool = True) -> list[dict[str, str]]:
+    """The verdict prompt without the evidence: ``baseline="question"`` drops the source block
+    (the question alone), ``"na"`` reads the content-free source :data:`NULL_SOURCE`. Raises
+    ValueError for another ``baseline``."""
+    if baseline == "na":
+        return yes_no_messages(question, NULL_SOURCE, few_shot)
+    if baseline != "question":
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, not {baseline!r}")
+    return [*yes_no_messages(question, "", few_shot)[:-1], {"role": "user", "content": f"Question: {question.strip()}"}]
+
+
 def _log_odds(generator, messages) -> float:
     rows = generator.token_logprobs(messages, ["Yes", "No"])
     if rows[0] is None or rows[1] is None:
@@ -100,11 +116,13 @@ def negation_cues(question: str, sentences: list[str]) -> int:
 
 
 def verdict_features(generator, question: str, source: str, sentences: list[str], missing: float,
-                     use_prior: bool = True, overlap: float = 0.0, few_shot: bool = True) -> VerdictFeatures:
-    """Score ``question`` against ``source`` (and, with ``use_prior``, against "N/A"). Model
-    cost: two short prefills (the shared system/few-shot prefix is cached)."""
+                     use_prior: bool = True, overlap: float = 0.0, few_shot: bool = True,
+                     baseline: str = "question") -> VerdictFeatures:
+    """Score ``question`` against ``source`` (and, with ``use_prior``, against the evidence-free
+    ``baseline``, :func:`baseline_messages`). Model cost: two short prefills (the shared
+    system/few-shot prefix is cached)."""
+    m0 = _log_odds(generator, baseline_messages(question, baseline, few_shot)) if use_prior else 0.0
     m = _log_odds(generator, yes_no_messages(question, source, few_shot))
-    m0 = _log_odds(generator, yes_no_messages(question, NULL_SOURCE, few_shot)) if use_prior else 0.0
     return VerdictFeatures(m, m0, negation_cues(question, sentences), float(missing), float(overlap))
 
 
