@@ -22,6 +22,12 @@ QueueItem = tuple[str, Document, "FileRecord | None", "DocumentRecord | None"]
 """(source, document, file record of a new file or None, stored record of a revived document or None)."""
 
 
+def embedded_text(title_cut: str, chunk_text: str) -> str:
+    """The text embedded for a chunk: its document's title (already cut to the budget by
+    :meth:`rag.ingest.Indexer.fit_title`), a newline, the chunk; the chunk alone without a title."""
+    return f"{title_cut}\n{chunk_text}" if title_cut else chunk_text
+
+
 @dataclass
 class Planned:
     """One planned document: ``record`` to store, its kept ``chunks`` and the ``texts`` to embed
@@ -118,7 +124,7 @@ class Planner:
                         continue
                     self.batch_chunks.setdefault((h, groups), (doc.id, ch.ordinal))
                 kept_chunks.append(replace(ch, metadata=cmeta, source=source))
-                texts.append(f"{cut}\n{ch.text}" if cut else ch.text)
+                texts.append(embedded_text(cut, ch.text))
                 report.truncated += int(was_cut)
             planned.append(Planned(replace(rec, body=doc if links else None), kept_chunks, texts, links))
             report.documents += 1
