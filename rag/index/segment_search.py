@@ -48,6 +48,9 @@ class SegmentSet:
     """The live segments of one generation with its tombstones (read-only, thread-safe).
 
     ``specs`` from the manifest, ``tombstones`` (t,) int64 ascending, ``bm25`` ``{"k1", "b"}``.
+    The global BM25 row space: ``offsets`` (S + 1,) int64 (segment i's rows are
+    ``offsets[i]:offsets[i + 1]``), ``row_ids`` (n_rows,) int64 and ``row_dead`` (n_rows,) bool
+    or None, built once per generation (O(rows), 9 MB at 1M rows).
     Raises IndexFormatError when a segment is unreadable or segments disagree on the tokenizer.
     """
 
@@ -85,6 +88,7 @@ class SegmentSet:
         self.offsets = np.zeros(len(self.segments) + 1, dtype=np.int64)
         np.cumsum([seg.rows for seg in self.segments], out=self.offsets[1:])
         self.n_rows = int(self.offsets[-1])
+        self._pos_type = np.int32 if self.n_rows < 2**31 else np.int64
         self.row_ids = (self.segments[0].ids if len(self.segments) == 1 else
                         np.concatenate([seg.ids for seg in self.segments]) if self.segments else np.zeros(0, np.int64))
         self.row_dead = (np.concatenate([np.zeros(seg.rows, bool) if d is None else d for seg, d in zip(self.segments, self.dead)])
@@ -290,8 +294,8 @@ class SegmentSet:
             np.divide(tf, w, out=w)
             w *= idf32[t]
             w *= qtf[t]
-            off = int(self.offsets[i])
-            pos_parts.append(rows if off == 0 else rows + off)
+            off = self.offsets[i]
+            pos_parts.append(rows if off == 0 else rows + self._pos_type(off))  # stays int32 below 2**31 rows
             w_parts.append(w)
         pos = pos_parts[0] if len(pos_parts) == 1 else np.concatenate(pos_parts)
         wts = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
