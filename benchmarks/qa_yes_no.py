@@ -109,18 +109,27 @@ def record(index: str, split: str, every: int, offset: int, out: str, limit: int
             print(f"{n_new} new questions, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
-def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 30) -> np.ndarray:
-    """Newton-Raphson for L2-regularised logistic regression (bias unpenalised); returns
-    ``[bias, w_1..w_d]``."""
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 30,
+                 offset: np.ndarray | None = None) -> np.ndarray:
+    """Newton-Raphson for L2-regularised logistic regression (bias unpenalised), ``z = offset +
+    w0 + X @ w``; returns ``[w0, w_1..w_d]``."""
     Xb = np.hstack([np.ones((len(X), 1)), X])
+    off = np.zeros(len(y)) if offset is None else offset
     w = np.zeros(Xb.shape[1])
     reg = l2 * np.diag(np.r_[0, np.ones(Xb.shape[1] - 1)])
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(Xb @ w, -50, 50)))
+        p = 1 / (1 + np.exp(-np.clip(off + Xb @ w, -50, 50)))
         g = Xb.T @ (p - y) + reg @ w
         H = (Xb * (p * (1 - p))[:, None]).T @ Xb + reg + 1e-9 * np.eye(len(w))
         w -= np.linalg.solve(H, g)
     return w
+
+
+def fit_raw(X: np.ndarray, y: np.ndarray, l2: float = 10.0, offset: np.ndarray | None = None) -> np.ndarray:
+    """:func:`fit_logistic` on standardised columns, returned as weights of the raw columns."""
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+    w = fit_logistic((X - mu) / sd, y, l2, offset=offset)
+    return np.r_[w[0] - (mu / sd) @ w[1:], w[1:] / sd]
 
 
 def auc(s: np.ndarray, y: np.ndarray) -> float:
@@ -142,93 +151,88 @@ def scores(pred: np.ndarray, y: np.ndarray) -> str:
     return f"acc {acc:.3f} F1 yes {f1s[0]:.3f} no {f1s[1]:.3f}"
 
 
-_NEG = __import__("re").compile(r"\b(?:not|no|never|neither|nor|none|nothing|nobody|cannot|without|unlike|instead|only|except)\b|n't\b", 2)
-_WORD = __import__("re").compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
-FIRST_WORDS = ("is", "are", "was", "does", "do", "did", "can", "has", "will", "could")
+def model_features(r: dict) -> dict[str, float]:
+    """Recorded log-odds and their calibrated (minus "N/A") and PMI (minus question-alone) forms."""
+    f = {k: v for k, v in r.items() if k.startswith(("fs_", "zs_"))}
+    for v in ("sent", "two", "chunk"):
+        f[f"fs_{v}_cal"] = f[f"fs_{v}"] - f["fs_null"]
+        f[f"fs_{v}_pmi"] = f[f"fs_{v}"] - f["fs_qonly"]
+    f["fs_views_pmi"] = (f["fs_sent"] + f["fs_two"] + f["fs_chunk"]) / 3 - f["fs_qonly"]
+    if "zs_two" in f:
+        f["zs_two_cal"], f["zs_chunk_cal"] = f["zs_two"] - f["zs_null"], f["zs_chunk"] - f["zs_null"]
+    return f
 
 
-def lexical(r: dict) -> dict[str, float]:
-    """Model-free features of one record (question vs the evidence texts it holds)."""
-    from rag.answering.text import STOP_WORDS, stem
-
-    q = r["q"]
-    qw = [w.lower() for w in _WORD.findall(q)]
-    content = [w for w in qw if w not in STOP_WORDS]
-    ch = {stem(w.lower()) for w in _WORD.findall(r["chunk"])}
-    tw = {stem(w.lower()) for w in _WORD.findall(r["two"])}
-    nums_q = [w for w in qw if any(c.isdigit() for c in w)]
-    out = {
-        "missing": r["missing"], "overlap": r["overlap"], "dense": r["dense"],
-        "miss_two": sum(stem(w) not in tw for w in content) / max(1, len(content)),
-        "miss_chunk_n": float(sum(stem(w) not in ch for w in content)),
-        "num_miss": float(any(w not in ch for w in nums_q)),
-        "neg_sent": float(len(_NEG.findall(r["sent"]))), "neg_two": float(len(_NEG.findall(r["two"]))),
-        "neg_q": float(len(_NEG.findall(q))), "q_len": float(len(qw)),
-        "q_there": float(qw[:2] in (["is", "there"], ["are", "there"])),
-        "q_same": float(bool(set(qw) & {"same", "different", "difference"})),
-        "q_ever": float(bool(set(qw) & {"ever", "any", "every", "all", "always"})),
-    }
-    for fw in FIRST_WORDS:
-        out["first_" + fw] = float(qw[:1] == [fw])
-    return out
+LEXICAL = ("missing", "negation")
+"""The model-free cues the verdict uses (as the answerer computes them)."""
 
 
-def _matrix(recs: list[dict], names: list[str]) -> np.ndarray:
-    return np.array([[r["_f"][n] for n in names] for r in recs], dtype=float)
+def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.isin(np.arange(n), perm[i::k]) for i in range(k)]
 
 
-def _cv(X: np.ndarray, y: np.ndarray, folds: list[np.ndarray], l2: float = 1.0) -> np.ndarray:
-    """Out-of-fold logistic z for each row (``folds``: boolean test masks)."""
-    z = np.zeros(len(y))
-    for te in folds:
-        mu, sd = X[~te].mean(0), X[~te].std(0) + 1e-9
-        w = fit_logistic((X[~te] - mu) / sd, y[~te], l2)
-        z[te] = w[0] + ((X[te] - mu) / sd) @ w[1:]
-    return z
+def two_stage(lex: list[dict], mod: list[dict], test: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of :data:`LEXICAL` fitted on ``lex`` (the whole split but the held-out ``test``
+    rows of ``mod``), then bias and PMI weight fitted on the ``mod`` rows outside ``test`` with
+    the lexical part as a fixed offset. Returns (lexical weights, [bias, pmi weight])."""
+    ids = {r["id"] for i, r in enumerate(mod) if test is not None and test[i]}
+    lo = [r for r in lex if r["id"] not in ids]
+    wl = fit_raw(np.array([[r[c] for c in LEXICAL] for r in lo], float), _y(lo))[1:]
+    tr = [r for i, r in enumerate(mod) if test is None or not test[i]]
+    off = np.array([[r[c] for c in LEXICAL] for r in tr], float) @ wl
+    pmi = np.array([[r["fs_two"] - r["fs_qonly"]] for r in tr])
+    return wl, fit_logistic(pmi, _y(tr), 1.0, offset=off)
 
 
-def report(recs: list[dict]) -> None:
-    for r in recs:
-        f = {k: v for k, v in r.items() if k.startswith(("fs_", "zs_"))}
-        for v in ("sent", "two", "chunk"):
-            f[f"fs_{v}_cal"] = f[f"fs_{v}"] - f["fs_null"]
-            f[f"fs_{v}_pmi"] = f[f"fs_{v}"] - f["fs_qonly"]
-        for v in ("two", "chunk"):
-            f[f"zs_{v}_cal"] = f[f"zs_{v}"] - f["zs_null"]
-        f["ens_cal"] = np.mean([f["fs_sent_cal"], f["fs_two_cal"], f["fs_chunk_cal"], f["zs_two_cal"], f["zs_chunk_cal"]])
-        f["ens_raw"] = np.mean([f["fs_sent"], f["fs_two"], f["fs_chunk"], f["zs_two"], f["zs_chunk"]])
-        f.update(lexical(r))
-        r["_f"] = f
-    y = np.array([r["gold"] == "yes" for r in recs], dtype=float)
-    print(f"{len(recs)} questions, base rate yes {y.mean():.3f}, gold cited {np.mean([r['gold_cited'] for r in recs]):.3f}")
-    print("majority (yes)", scores(np.ones_like(y), y))
-    names = list(recs[0]["_f"])
-    print("AUC per feature (yes vs no):")
-    for n in names:
-        a = auc(_matrix(recs, [n])[:, 0], y)
-        print(f"  {n:14s} {a:.3f}")
-    half = np.arange(len(y)) % 2 == 0
-    folds2 = [half, ~half]
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(len(y))
-    folds5 = [np.isin(np.arange(len(y)), perm[i::5]) for i in range(5)]
-    sets = {
-        "fs_two_cal (current)": ["fs_two", "fs_null"],
-        "fs views + nulls": ["fs_sent", "fs_two", "fs_chunk", "fs_null", "fs_qonly"],
-        "all model": [n for n in names if n.startswith(("fs_", "zs_")) and not n.endswith(("_cal", "_pmi"))],
-        "lexical": list(lexical(recs[0])),
-        "all model + lexical": [n for n in names if n.startswith(("fs_", "zs_")) and not n.endswith(("_cal", "_pmi"))]
-        + list(lexical(recs[0])),
-        "ens_cal + missing + neg": ["ens_cal", "missing", "neg_two", "neg_q"],
-        "ens_cal + lex small": ["ens_cal", "missing", "miss_two", "neg_two", "q_there", "first_do", "first_does", "first_can"],
-    }
-    for name, cols in sets.items():
-        X = _matrix(recs, cols)
-        for l2 in (1.0, 30.0):
-            z2, z5 = _cv(X, y, folds2, l2), _cv(X, y, folds5, l2)
-            a = [scores((z2[m] > 0).astype(float), y[m]) for m in folds2]
-            print(f"{name:26s} l2 {l2:4.0f} AUC(5-fold) {auc(z5, y):.3f} acc(5-fold) {((z5 > 0) == y).mean():.3f}"
-                  f" | halves: {a[0]} || {a[1]}")
+def _y(recs: list[dict]) -> np.ndarray:
+    return np.array([r["gold"] == "yes" for r in recs], dtype=float)
+
+
+def _z(r: dict, wl: np.ndarray, wm: np.ndarray) -> float:
+    return float(wm[0] + wm[1] * (r["fs_two"] - r["fs_qonly"]) + np.array([r[c] for c in LEXICAL]) @ wl)
+
+
+def report(lex: list[dict], mod: list[dict]) -> None:
+    y = _y(mod)
+    print(f"model-scored questions: {len(mod)}, base rate yes {y.mean():.3f}; lexical-only: {len(lex)}, "
+          f"base rate {_y(lex).mean():.3f}; gold passage read {np.mean([r['gold_cited'] for r in lex]):.3f}")
+    feats = [model_features(r) for r in mod]
+    print("AUC (yes vs no) of each model score (zero-shot: the questions recorded with it):")
+    for n in dict.fromkeys(k for f in feats for k in f):
+        has = np.array([n in f for f in feats])
+        print(f"  {n:14s} {auc(np.array([f[n] for f in feats if n in f]), y[has]):.3f}  ({has.sum()} questions)")
+    yl = _y(lex)
+    print("AUC of the lexical cues (all lexical records): "
+          + ", ".join(f"{c} {auc(np.array([r[c] for r in lex], float), yl):.3f}" for c in ("missing", "negation", "overlap", "dense")))
+    k10, half = folds(len(mod), 10), np.arange(len(mod)) % 2 == 0
+    print(f"majority (yes): {scores(np.ones_like(y), y)}")
+    cal = np.array([r["fs_two"] - r["fs_null"] for r in mod])
+    print(f"previous default z = 1.549 + 1.244 (m_two - m_na): {scores((1.549 + 1.244 * cal > 0).astype(float), y)}")
+    # one-stage logistic models on the model-scored questions (out-of-fold)
+    for name, cols in ((("pmi",), ("fs_two_pmi",)), (("calibrated",), ("fs_two_cal",)),
+                       (("pmi", "missing", "negation"), ("fs_two_pmi", "missing", "negation")),
+                       (("calibrated", "missing", "negation"), ("fs_two_cal", "missing", "negation"))):
+        X = np.array([[{**f, **r}[c] for c in cols] for f, r in zip(feats, mod)], float)
+        z = np.zeros(len(y))
+        for te in k10:
+            w = fit_raw(X[~te], y[~te])
+            z[te] = w[0] + X[te] @ w[1:]
+        print(f"logistic {'+'.join(name):28s} 10-fold: AUC {auc(z, y):.3f} {scores((z > 0).astype(float), y)}")
+    # the default: two stages (lexical weights from all lexical records, then bias + PMI weight)
+    for label, parts in (("10-fold", k10), ("halves", [half, ~half])):
+        z = np.zeros(len(y))
+        for te in parts:
+            wl, wm = two_stage(lex, mod, te)
+            z[te] = [_z(r, wl, wm) for i, r in enumerate(mod) if te[i]]
+        out = " | ".join(scores((z[te] > 0).astype(float), y[te]) for te in parts) if label == "halves" else \
+            f"AUC {auc(z, y):.3f} {scores((z > 0).astype(float), y)}"
+        print(f"two-stage PMI + missing + negation, {label}: {out}")
+    wl, wm = two_stage(lex, mod)
+    z = np.array([_z(r, wl, wm) for r in mod])
+    print(f"fitted on all: {scores((z > 0).astype(float), y)}, says No for {(z < 0).mean():.3f}")
+    print(f"[answer] yes_no_bias = {wm[0]:.3f}, yes_no_model = {wm[1]:.3f}, yes_no_prior = {-wm[1]:.3f}, "
+          f"yes_no_missing = {wl[0]:.3f}, yes_no_negation = {wl[1]:.3f}, yes_no_baseline = \"question\"")
 
 
 def main() -> int:
@@ -244,14 +248,19 @@ def main() -> int:
     r.add_argument("--no-model", action="store_true", help="retrieval and evidence texts only (lexical features)")
     r.add_argument("--no-zero-shot", action="store_true", help="few-shot prompts only")
     f = sub.add_parser("fit")
-    f.add_argument("records", nargs="+")
+    f.add_argument("--model", required=True, help="records with model scores (record)")
+    f.add_argument("--lexical", required=True, help="records of the whole split (record --no-model)")
+    f.add_argument("--model-limit", type=int, default=None, help="use the first N model-scored records")
     args = ap.parse_args()
     if args.cmd == "record":
         record(args.index, args.split, args.every, args.offset, args.out, args.limit, not args.no_model,
                not args.no_zero_shot)
         return 0
-    recs = [json.loads(x) for p in args.records for x in Path(p).read_text().splitlines() if x.strip()]
-    report([r for r in recs if "fs_two" in r])
+
+    def read(p: str) -> list[dict]:
+        return [json.loads(x) for x in Path(p).read_text().splitlines() if x.strip()]
+
+    report([r for r in read(args.lexical) if "chunk" in r], [r for r in read(args.model) if "fs_two" in r][:args.model_limit])
     return 0
 
 
