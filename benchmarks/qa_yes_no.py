@@ -10,13 +10,22 @@ views and prompts, plus the texts read (so model-free features can be replayed o
   and the question with no source block at all (PMI baseline);
 * zero-shot prompt (no examples, :data:`ZS_SYSTEM`): best two sentences, whole chunk, "N/A".
 
-``fit``: replays rules and logistic models over the recorded features, fitted on one half of
-the recorded questions and scored on the other (both ways), and prints the weights fitted on
-all of them for ``[answer] yes_no_*``. Report on ``rag eval qa ... --split test``.
+``fit``: replays rules and logistic models over the recorded features, scored out of fold
+(10 folds, and the two halves of the recorded questions), and prints the default's weights
+fitted on all of them for ``[answer] yes_no_*``: the model-free cues (missing words, negation)
+are fitted on the whole split (``record --no-model``), then the bias and PMI weight on the
+model-scored questions with that part fixed. Report on ``rag eval qa ... --split test``.
+Figures: docs/answering.md ("Yes/no verdicts").
 
     nice -n 10 .venv/bin/python benchmarks/qa_yes_no.py record --index indexes/eval/qa-boolq-dev-6cac19bda4 \
-        --split dev --every 2 --out /tmp/yn_dev.jsonl
-    .venv/bin/python benchmarks/qa_yes_no.py fit /tmp/yn_dev.jsonl
+        --split dev --no-model --out /tmp/yn_devlex.jsonl
+    nice -n 10 .venv/bin/python benchmarks/qa_yes_no.py record --index indexes/eval/qa-boolq-dev-6cac19bda4 \
+        --split dev --every 3 --out /tmp/yn_dev3.jsonl
+    .venv/bin/python benchmarks/qa_yes_no.py fit --model /tmp/yn_dev3.jsonl --lexical /tmp/yn_devlex.jsonl --model-limit 200
+
+The scores of session 6's run (numbers only, no texts; the 203 model-scored rows in recording
+order) are in benchmarks/results/yes_no_dev_scores.jsonl: pass it as both ``--model`` and
+``--lexical`` to replay the default's fit without the model.
 """
 
 from __future__ import annotations
@@ -260,7 +269,7 @@ def main() -> int:
     def read(p: str) -> list[dict]:
         return [json.loads(x) for x in Path(p).read_text().splitlines() if x.strip()]
 
-    report([r for r in read(args.lexical) if "chunk" in r], [r for r in read(args.model) if "fs_two" in r][:args.model_limit])
+    report([r for r in read(args.lexical) if "missing" in r], [r for r in read(args.model) if "fs_two" in r][:args.model_limit])
     return 0
 
 
