@@ -5,14 +5,15 @@ docstore, one segment with HNSW/flat FAISS and BM25 postings; synthetic vectors 
 :mod:`benchmarks.scale`, documents of 100 chunks), then, each commit timed end to end (writer
 lock, base opened, docstore copied, segment written, manifest, garbage collection):
 
-1. search latency with 1 segment (the baseline, measured in the same process and machine load);
-2. 9 commits adding one 100-chunk document each (one new segment each: 10 live segments);
-3. one commit deleting one 100-chunk document of the big segment (tombstones only);
-4. search latency with those 10 segments and the tombstones;
-5. one more 100-chunk commit: 10 small segments of one level, so the merge policy merges them.
+1. 9 commits adding one 100-chunk document each (one new segment each: 10 live segments),
+   while a lease keeps the 1-segment state readable;
+2. one commit deleting one 100-chunk document of the big segment (tombstones only);
+3. search latency of the 1-segment state (the baseline) and of the 10 segments with the
+   tombstones, interleaved query by query in one loop, so both see the same machine load;
+4. one more 100-chunk commit: 10 small segments of one level, so the merge policy merges them.
 
 With ``--work-dir DIR`` the built index is kept in ``DIR/segments-N/base`` and reused by later
-runs (steps 1-5 then run on a hard-linked copy, ``DIR/segments-N/index``: segment and
+runs (steps 1-4 then run on a hard-linked copy, ``DIR/segments-N/index``: segment and
 docstore files are never modified in place, so the copy's commits leave the base intact).
 
 Latencies as ``scale.py``'s serve phase: BM25 on the real query text, dense = query embedding
@@ -121,37 +122,43 @@ def run(n: int, work: Path, args) -> dict:
             return convex([d, s], weights=[cfg.alpha, 1.0 - cfg.alpha], norm=cfg.norm)
         return rrf([d[0].tolist(), s[0].tolist()], k=cfg.rrf_k, weights=list(cfg.weights))
 
-    def latencies(tag: str) -> None:
+    def latencies(readers: dict) -> None:
+        """Both states in one loop, query by query (1 segment, then 10, then the next query),
+        so a change of machine load during the run hits both alike."""
         flt = Filter()
-        with index.lease() as r:
+        lat: dict[str, dict[str, list[float]]] = {}
+        for tag, r in readers.items():
             res[f"{tag}_segments"] = len(r.manifest["segments"])
             res[f"{tag}_tombstones"] = int(r.manifest["tombstones"])
+            lat[tag] = {"bm25": [], "dense": [], "hybrid": []}
             for i in range(args.warmup):
                 embedder.embed_query(qs[i])
                 r.sparse_search(qs[i], depth, flt)
                 r.dense_search(qv[i], depth, flt)
-            lat: dict[str, list[float]] = {"bm25": [], "dense": [], "hybrid": []}
-            for i, q in enumerate(qs):
+        for i, q in enumerate(qs):
+            for tag, r in readers.items():
                 t = time.perf_counter()
                 r.sparse_search(q, top_k, flt)
-                lat["bm25"].append(time.perf_counter() - t)
+                lat[tag]["bm25"].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 embedder.embed_query(q)
                 r.dense_search(qv[i], top_k, flt)
-                lat["dense"].append(time.perf_counter() - t)
+                lat[tag]["dense"].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 pending = pool().submit(r.sparse_search, q, depth, flt)
                 embedder.embed_query(q)
                 d = r.dense_search(qv[i], depth, flt)
                 s = pending.result()
                 fuse((d.ids, d.scores), (s.ids, s.scores))[:top_k]
-                lat["hybrid"].append(time.perf_counter() - t)
-        for name, xs in lat.items():
-            res[f"{tag}_{name}_p50_ms"], res[f"{tag}_{name}_p95_ms"] = pct(xs, 50), pct(xs, 95)
-        res[f"{tag}_load"] = os.getloadavg()
-        print(f"[segments {n:,}] {tag}: {res[f'{tag}_segments']} segment(s), {res[f'{tag}_tombstones']} tombstones: "
-              + ", ".join(f"{k} p50/p95 {pct(v, 50):.2f}/{pct(v, 95):.2f} ms" for k, v in lat.items())
-              + f"; load average {res[f'{tag}_load'][0]:.2f}", flush=True)
+                lat[tag]["hybrid"].append(time.perf_counter() - t)
+        load = os.getloadavg()
+        for tag in readers:
+            for name, xs in lat[tag].items():
+                res[f"{tag}_{name}_p50_ms"], res[f"{tag}_{name}_p95_ms"] = pct(xs, 50), pct(xs, 95)
+            res[f"{tag}_load"] = load
+            print(f"[segments {n:,}] {tag}: {res[f'{tag}_segments']} segment(s), {res[f'{tag}_tombstones']} tombstones: "
+                  + ", ".join(f"{k} p50/p95 {pct(v, 50):.2f}/{pct(v, 95):.2f} ms" for k, v in lat[tag].items())
+                  + f"; load average {load[0]:.2f}", flush=True)
 
     def commit(add_doc: int | None = None, delete: str | None = None) -> dict:
         log_lines.clear()
@@ -170,7 +177,8 @@ def run(n: int, work: Path, args) -> dict:
                "commit_s": time.perf_counter() - t2, "segments": len(m["segments"]), "log": list(log_lines)}
         return out
 
-    latencies("one")
+    base_lease = index.lease()
+    one = base_lease.__enter__()  # the 1-segment state stays readable (and its segment loaded) while commits run
     adds = []
     for k in range(9):
         c = commit(add_doc=n_docs + k)
@@ -180,7 +188,9 @@ def run(n: int, work: Path, args) -> dict:
     dele = commit(delete="/synthetic/doc-0000003.txt")
     print(f"[segments {n:,}] delete one 100-chunk document: {dele['total_s']:.2f} s (writer open "
           f"{dele['open_s']:.2f} s, commit {dele['commit_s']:.2f} s)", flush=True)
-    latencies("ten")
+    with index.lease() as ten:
+        latencies({"one": one, "ten": ten})
+    base_lease.__exit__(None, None, None)
     print(f"[segments {n:,}] hybrid p50: {res['one_hybrid_p50_ms']:.2f} ms with 1 segment, {res['ten_hybrid_p50_ms']:.2f} ms "
           f"with {res['ten_segments']} live segments + {res['ten_tombstones']} tombstones (same run; p95 "
           f"{res['one_hybrid_p95_ms']:.2f} / {res['ten_hybrid_p95_ms']:.2f} ms)", flush=True)
@@ -203,8 +213,8 @@ def report(res: dict) -> str:
     """Markdown lines for the figures of :func:`run`."""
     n = res["n"]
     return "\n".join([
-        f"Segments at {n:,} chunks ({os.cpu_count()} CPUs; load average {res['one_load'][0]:.2f} during the 1-segment "
-        f"latencies, {res['ten_load'][0]:.2f} during the 10-segment ones):", "",
+        f"Segments at {n:,} chunks ({os.cpu_count()} CPUs; load average {res['ten_load'][0]:.2f} after the latencies, "
+        f"which interleave the 1- and 10-segment states query by query):", "",
         f"- build through LocalIndex.writer: docstore {res['build_upsert_s']:.1f} s, commit {res['build_commit_s']:.1f} s, "
         f"peak RSS {res['build_peak_rss_mb']:.0f} MiB; docstore file {res['docstore_mb']:.0f} MiB",
         f"- add 100 chunks (one commit each, 9 runs): median {np.median(res['add_s']):.2f} s, max {max(res['add_s']):.2f} s "
