@@ -427,7 +427,9 @@ def test_real_models_answer_over_http(tmp_path, corpora_index):
         chunks = list(client.chat.completions.create(model="rag", stream=True,
                                                      messages=[{"role": "user", "content": "Who wrote zlib?"}]))
         content = "".join(c.choices[0].delta.content or "" for c in chunks)
-        sources = chunks[0].model_extra["sources"]
-        assert sum(1 for c in chunks if (c.model_extra or {}).get("sources") is not None) == 1
+        # the final event resends the sources when the answer numbered them in another order
+        sent = [c for c in chunks if (c.model_extra or {}).get("sources") is not None]
+        assert sent[0] is chunks[0] and len(sent) <= 2 and (len(sent) == 1 or sent[1] is chunks[-1])
+        sources = sent[-1].model_extra["sources"]
         assert "Gailly" in content or "Adler" in content, content
         _check_citations_resolve(content, chunks[-1].model_extra["citations"], sources)
