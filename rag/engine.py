@@ -159,12 +159,29 @@ class QueryEngine:
             load()
         self.answerer
         out["generator_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._prime_generator()
+        out["prime_s"] = time.perf_counter() - t
         if self.index.exists():
             t = time.perf_counter()
             with self.index.lease() as reader:
                 self._check_embedder(reader)
             out["index_s"] = time.perf_counter() - t
         return out
+
+    def _prime_generator(self) -> None:
+        """Score one dummy text under each prompt family the answerer uses (span answers,
+        yes/no verdicts), so the first question finds the model's weights in memory and the
+        families' shared few-shot prefixes in the generator's prompt cache (about 1 s of the
+        first answer otherwise). Generators that score no tokens are left alone."""
+        gen = self.generator
+        if not callable(getattr(gen, "token_logprobs", None)):
+            return
+        from .answering.spans import span_messages
+        from .answering.verdict import yes_no_messages
+
+        gen.token_logprobs(span_messages("What is this?", "warm-up", "This is a warm-up."), ["a warm-up"])
+        gen.token_logprobs(yes_no_messages("Is this a warm-up?", "This is a warm-up."), ["Yes", "No"])
 
     def _check_embedder(self, reader) -> None:
         gen = int(reader.generation)

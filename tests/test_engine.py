@@ -128,3 +128,31 @@ def test_warm_up_loads_models_once(tmp_path, mini_corpus, hash_config):
     emb, gen = rag.embedder, rag.generator
     rag.ask("What does DEFLATE compress?")
     assert rag.embedder is emb and rag.generator is gen
+
+
+def test_warm_up_primes_each_prompt_family_of_a_token_scorer(tmp_path, mini_corpus, hash_config):
+    """A generator that scores tokens gets one span prompt and one yes/no prompt at warm-up, the
+    two prompt families whose shared prefixes the first question would otherwise compute."""
+    from rag.answering.spans import span_messages
+    from rag.answering.verdict import yes_no_messages
+    from rag.generation import EchoGenerator
+
+    class Scorer(EchoGenerator):
+        def __init__(self):
+            super().__init__()
+            self.systems = []
+
+        def token_logprobs(self, messages, texts, **kw):
+            self.systems.append(messages[0]["content"])
+            return [([len(t)], [-1.0], []) for t in texts]
+
+        def score_continuations(self, messages, candidates, prefix=""):
+            return [-1.0 for _ in candidates]
+
+    gen = Scorer()
+    rag = RAG.create(tmp_path / "idx", hash_config, generator=gen)
+    rag.ingest([mini_corpus])
+    parts = rag.warm_up()
+    assert parts["prime_s"] >= 0
+    assert gen.systems == [span_messages("q", "t", "s")[0]["content"], yes_no_messages("q", "s")[0]["content"]]
+    assert gen.systems[0] != gen.systems[1]
