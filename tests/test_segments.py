@@ -106,10 +106,11 @@ def test_segment_search_equals_full_rebuild(segmented, monkeypatch, many_dead, f
             qv = emb.embed_query(q)
             for flt in filters:
                 allowed = r.allowed(flt)
-                got = r.sparse_search(q, 10, flt)
-                ref_s, ref_i = bm25.search(q, 10, allowed_ids=allowed)
-                assert got.ids.tolist() == ref_i.tolist(), (q, flt)
-                np.testing.assert_allclose(got.scores, ref_s, rtol=0, atol=1e-5)
+                for k in (10, 1000):  # 1000: every match, so tombstoned candidates must not fill the tail
+                    got = r.sparse_search(q, k, flt)
+                    ref_s, ref_i = bm25.search(q, k, allowed_ids=allowed)
+                    assert got.ids.tolist() == ref_i.tolist(), (q, flt, k)
+                    np.testing.assert_allclose(got.scores, ref_s, rtol=0, atol=1e-5)
                 got = r.dense_search(qv, 10, flt)
                 ref_s, ref_i = dense.search(qv.reshape(1, -1), 10, allowed_ids=allowed)
                 keep = ref_i[0] >= 0

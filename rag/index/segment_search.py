@@ -49,8 +49,9 @@ class SegmentSet:
 
     ``specs`` from the manifest, ``tombstones`` (t,) int64 ascending, ``bm25`` ``{"k1", "b"}``.
     The global BM25 row space: ``offsets`` (S + 1,) int64 (segment i's rows are
-    ``offsets[i]:offsets[i + 1]``), ``row_ids`` (n_rows,) int64 and ``row_dead`` (n_rows,) bool
-    or None, built once per generation (O(rows), 9 MB at 1M rows).
+    ``offsets[i]:offsets[i + 1]``), ``row_ids`` (n_rows,) int64, ``row_dead`` (n_rows,) bool or
+    None and ``row_dead_pos`` its ascending positions, built once per generation (O(rows), 9 MB
+    at 1M rows).
     Raises IndexFormatError when a segment is unreadable or segments disagree on the tokenizer.
     """
 
@@ -93,6 +94,8 @@ class SegmentSet:
                         np.concatenate([seg.ids for seg in self.segments]) if self.segments else np.zeros(0, np.int64))
         self.row_dead = (np.concatenate([np.zeros(seg.rows, bool) if d is None else d for seg, d in zip(self.segments, self.dead)])
                          if any(d is not None for d in self.dead) else None)
+        self.row_dead_pos = np.flatnonzero(self.row_dead) if self.row_dead is not None else np.zeros(0, np.int64)
+        self.ids_ascending = bool(np.all(self.row_ids[1:] > self.row_ids[:-1]))  # what disjoint ascending segments give
         self._live_ids: list[np.ndarray | None] = [None] * len(self.segments)
         self._fused: tuple[Any, list[int], int, int] | None = None
         self._fused_lock = threading.Lock()
@@ -299,17 +302,39 @@ class SegmentSet:
             w_parts.append(w)
         pos = pos_parts[0] if len(pos_parts) == 1 else np.concatenate(pos_parts)
         wts = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
-        cand, scores = accumulate_scores(pos, wts, self.n_rows)
-        keep = scores > 0
-        if self.row_dead is not None:
-            keep &= ~self.row_dead[cand]
-        return top_by_score(self.row_ids[cand[keep]], scores[keep], top_k, allowed_ids)
+        cand, scores = accumulate_scores(pos, wts, self.n_rows)  # every score > 0: Lucene idf, tf, qtf > 0
+        if self.row_dead is not None:  # tombstoned candidates (cand is ascending) get -1: last, then cut off
+            if self.row_dead_pos.size <= FEW_DEAD:
+                scores[_where_in_sorted(cand, self.row_dead_pos)] = -1.0  # O(dead log m), no pass over m
+            else:
+                scores[self.row_dead[cand]] = -1.0
+        if allowed_ids is None and self.ids_ascending:
+            # rows in id order: ties by row are ties by id, so cut on rows and look up k ids
+            s, rows = top_by_score(cand, scores, top_k)
+            ids = self.row_ids[rows]
+        else:
+            s, ids = top_by_score(self.row_ids[cand], scores, top_k, allowed_ids)
+        if s.size and s[-1] < 0:  # fewer than top_k live candidates
+            keep = s > 0
+            s, ids = s[keep], ids[keep]
+        return s, ids
+
+
+def _where_in_sorted(values: np.ndarray, few: np.ndarray) -> np.ndarray:
+    """Ascending indices into ``values`` (ascending) of the elements also in ``few`` (ascending,
+    small): O(len(few) log len(values)), not a pass over ``values``."""
+    if not values.size or not few.size:
+        return np.zeros(0, np.int64)
+    few = few.astype(values.dtype, copy=False)  # else searchsorted casts all of values (a copy)
+    j = np.minimum(np.searchsorted(values, few), values.size - 1)
+    return j[values[j] == few]
 
 
 def _count_in(values: np.ndarray, few: np.ndarray) -> int:
     """How many of ``few`` (ascending, small) occur in ``values`` (ascending)."""
     if not values.size or not few.size:
         return 0
+    few = few.astype(values.dtype, copy=False)  # int32 postings: else searchsorted copies them to int64
     j = np.minimum(np.searchsorted(values, few), values.size - 1)
     return int((values[j] == few).sum())
 
