@@ -82,7 +82,7 @@ def _same_ranking(ids, scores, ref_ids, ref_scores, what) -> None:
             assert a == b, (what, s, a, b)
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused-flat", "per-segment"])
+@pytest.mark.parametrize("fuse", [4, 2, 0], ids=["all-fused", "two-fused", "per-segment"])
 @pytest.mark.parametrize("many_dead", [False, True], ids=["few-tombstones", "many-tombstones"])
 def test_segment_search_equals_full_rebuild(segmented, monkeypatch, many_dead, fuse):
     from rag.index import segment_search
@@ -90,15 +90,19 @@ def test_segment_search_equals_full_rebuild(segmented, monkeypatch, many_dead, f
     if many_dead:  # the paths for segments with many tombstones: row masks, live ids as a FAISS filter
         monkeypatch.setattr(segment_search, "FEW_DEAD", 0)
         monkeypatch.setattr(segment_search, "OVERFETCH_MAX", 0)
-    if not fuse:  # every small flat segment searched with its own index and tombstone handling
-        monkeypatch.setattr(segment_search, "FUSE_MAX_ROWS", 0)
     idx, _ = segmented
+    rows = sorted(s["rows"] for s in json.loads((idx / "manifest.json").read_text())["segments"])
+    # how many of the smallest segments are fused (dense: one flat index; BM25: one part); the
+    # others are searched with their own index, tombstones and postings
+    monkeypatch.setattr(segment_search, "FUSE_MAX_ROWS", sum(rows[:fuse]))
     emb = HashEmbedder(64)
     with LocalIndex(idx).lease() as r:
         m = r.manifest
         assert len(m["segments"]) == 4 and m["tombstones"] > 0 and m["format_version"] == 3
-        fused = r.snapshot.segment_set._fused_flat()
-        assert (fused is not None and len(fused[1]) == 4) if fuse else fused is None
+        segs = r.snapshot.segment_set
+        fused = segs._fused_flat()
+        assert (fused is not None and len(fused[1]) == fuse) if fuse else fused is None
+        assert len(segs.parts) == (4 - fuse + 1 if fuse else 4)
         bm25, dense = _reference(r)
         filters = [Filter(), Filter(principals=()), Filter(principals=("team",)),
                    Filter(sources=(str(idx.parent / "b1") + "/*",))]

@@ -39,9 +39,10 @@ FEW_DEAD = 4096
 search (O(dead log P)) for the document frequencies; beyond it, a row mask is gathered per
 posting (O(P)). The first costs nothing measurable for a few deletions in a 1M-row segment."""
 FUSE_MAX_ROWS = 20_000
-"""Flat segments are searched as one fused FAISS flat index over their live rows while their
-rows add up to at most this many (30 MB of 384-d vectors, copied once per generation): one
-search call instead of one per small segment, tombstones already left out."""
+"""The smallest segments, while their rows add up to at most this many, are searched as one:
+one fused FAISS flat index over their live rows (30 MB of 384-d vectors at most, copied once
+per generation) and one BM25 part with their live postings merged, so nine 100-row commits
+cost one search call and one posting lookup per query term, not nine; tombstones left out."""
 
 
 class SegmentSet:
@@ -84,16 +85,22 @@ class SegmentSet:
         self.n_live = n_live
         self.avgdl = float(total_len) / n_live if n_live else 0.0
         denom = self.avgdl if self.avgdl > 0 else 1.0
-        self.norms = [(self.k1 * (1.0 - self.b + self.b * seg.doc_lengths / denom)).astype(np.float32) for seg in self.segments]
-        # global row space for BM25: segment i's rows are offsets[i]:offsets[i + 1]
-        self.offsets = np.zeros(len(self.segments) + 1, dtype=np.int64)
-        np.cumsum([seg.rows for seg in self.segments], out=self.offsets[1:])
+        # BM25 parts: every segment, except that the small ones are one fused part of live rows
+        small = _smallest_first([(seg.rows, i) for i, seg in enumerate(self.segments) if seg.rows])
+        self.parts: list[_Part] = [_Part.of(seg, self.dead[i], self.dead_pos[i])
+                                   for i, seg in enumerate(self.segments) if i not in small]
+        if small:
+            self.parts.append(_Part.fused([self.segments[i] for i in small], [self.dead[i] for i in small]))
+        self.norms = [(self.k1 * (1.0 - self.b + self.b * part.doc_lengths / denom)).astype(np.float32) for part in self.parts]
+        # global row space for BM25: part i's rows are offsets[i]:offsets[i + 1]
+        self.offsets = np.zeros(len(self.parts) + 1, dtype=np.int64)
+        np.cumsum([part.rows for part in self.parts], out=self.offsets[1:])
         self.n_rows = int(self.offsets[-1])
         self._pos_type = np.int32 if self.n_rows < 2**31 else np.int64
-        self.row_ids = (self.segments[0].ids if len(self.segments) == 1 else
-                        np.concatenate([seg.ids for seg in self.segments]) if self.segments else np.zeros(0, np.int64))
-        self.row_dead = (np.concatenate([np.zeros(seg.rows, bool) if d is None else d for seg, d in zip(self.segments, self.dead)])
-                         if any(d is not None for d in self.dead) else None)
+        self.row_ids = (self.parts[0].ids if len(self.parts) == 1 else
+                        np.concatenate([part.ids for part in self.parts]) if self.parts else np.zeros(0, np.int64))
+        self.row_dead = (np.concatenate([np.zeros(part.rows, bool) if part.dead is None else part.dead for part in self.parts])
+                         if any(part.dead is not None for part in self.parts) else None)
         self.row_dead_pos = np.flatnonzero(self.row_dead) if self.row_dead is not None else np.zeros(0, np.int64)
         self.ids_ascending = bool(np.all(self.row_ids[1:] > self.row_ids[:-1]))  # what disjoint ascending segments give
         self._live_ids: list[np.ndarray | None] = [None] * len(self.segments)
@@ -151,17 +158,10 @@ class SegmentSet:
     def _build_fused(self):
         from .dense import DenseIndex
 
-        flat = sorted((seg.rows, i) for i, (spec, seg) in enumerate(zip(self.specs, self.segments))
-                      if spec.dense == "flat" and seg.rows)
-        members, total = [], 0
-        for rows, i in flat:  # smallest first: as many segments as fit
-            if total + rows > FUSE_MAX_ROWS:
-                break
-            members.append(i)
-            total += rows
-        if len(members) < 2:
+        members = _smallest_first([(seg.rows, i) for i, (spec, seg) in enumerate(zip(self.specs, self.segments))
+                                   if spec.dense == "flat" and seg.rows])
+        if not members:
             return ()
-        members.sort()
         vecs, ids = [], []
         for i in members:
             dense = self.segments[i].dense
@@ -261,7 +261,7 @@ class SegmentSet:
         empty = (np.zeros(0, np.float32), np.zeros(0, np.int64))
         if self.n_live == 0:
             return empty
-        terms = _UnionTerms(self.segments)
+        terms = _UnionTerms(self.parts)
         tids, qtf = query_terms(self.tokenizer, terms, query)
         if tids.size == 0:
             return empty
@@ -270,18 +270,18 @@ class SegmentSet:
         spans: list[tuple[int, int, int, int]] = []
         for t, tid in enumerate(tids.tolist()):
             w = terms.names[tid]
-            for i, seg in enumerate(self.segments):
-                lt = seg.term_ids.get(w)
+            for i, part in enumerate(self.parts):
+                lt = part.term_ids.get(w)
                 if lt is None:
                     continue
-                s, e = int(seg.indptr[lt]), int(seg.indptr[lt + 1])
+                s, e = int(part.indptr[lt]), int(part.indptr[lt + 1])
                 if s == e:
                     continue
                 spans.append((t, i, s, e))
                 n_t = e - s
-                if self.dead[i] is not None:
-                    n_t -= _count_in(seg.indices[s:e], self.dead_pos[i]) if self.dead_pos[i].size <= FEW_DEAD \
-                        else int(self.dead[i][seg.indices[s:e]].sum())
+                if part.dead is not None:
+                    n_t -= _count_in(part.indices[s:e], part.dead_pos) if part.dead_pos.size <= FEW_DEAD \
+                        else int(part.dead[part.indices[s:e]].sum())
                 df[t] += n_t
         if not spans:
             return empty
@@ -290,8 +290,8 @@ class SegmentSet:
         idf32 = (np.log1p((n - df + 0.5) / (df + 0.5)) * 1.0).astype(np.float32)
         pos_parts, w_parts = [], []
         for t, i, s, e in spans:
-            seg = self.segments[i]
-            rows, tf = seg.indices[s:e], seg.tf[s:e]
+            part = self.parts[i]
+            rows, tf = part.indices[s:e], part.tf[s:e]
             w = self.norms[i][rows]  # the float32 operations of BM25Index.build, then the query's qtf
             w += tf
             np.divide(tf, w, out=w)
@@ -320,6 +320,70 @@ class SegmentSet:
         return s, ids
 
 
+def _smallest_first(sizes: Sequence[tuple[int, int]]) -> list[int]:
+    """Ascending positions of the segments to fuse, from ``(rows, position)`` pairs: smallest
+    first while their rows add up to at most :data:`FUSE_MAX_ROWS`; [] when fewer than two fit."""
+    members, total = [], 0
+    for rows, i in sorted(sizes):
+        if total + rows > FUSE_MAX_ROWS:
+            break
+        members.append(i)
+        total += rows
+    return sorted(members) if len(members) >= 2 else []
+
+
+class _Part:
+    """The BM25 view of one segment, or of several small ones fused over their live rows:
+    ``term_ids`` (term -> row of ``indptr``), term-major ``indptr`` int64 / ``indices`` int32
+    (rows of this part, ascending per term) / ``tf`` float32, ``doc_lengths`` int32 and ``ids``
+    int64 per row, ``dead`` (rows,) bool or None and ``dead_pos`` its positions."""
+
+    __slots__ = ("term_ids", "indptr", "indices", "tf", "doc_lengths", "ids", "dead", "dead_pos", "rows")
+
+    @classmethod
+    def of(cls, seg: Segment, dead: np.ndarray | None, dead_pos: np.ndarray) -> "_Part":
+        p = cls()
+        p.term_ids, p.indptr, p.indices, p.tf = seg.term_ids, seg.indptr, seg.indices, seg.tf
+        p.doc_lengths, p.ids, p.dead, p.dead_pos, p.rows = seg.doc_lengths, seg.ids, dead, dead_pos, seg.rows
+        return p
+
+    @classmethod
+    def fused(cls, segs: Sequence[Segment], deads: Sequence[np.ndarray | None]) -> "_Part":
+        """The live rows of ``segs`` (in order) as one part; the postings of each term stay in
+        row order (segments in order, rows ascending in each), so sums match a rebuild's."""
+        names: dict[str, int] = {}
+        terms, rows, tfs, lengths, ids = [], [], [], [], []
+        base = 0
+        for seg, dead in zip(segs, deads):
+            vocab = sorted(seg.term_ids, key=seg.term_ids.__getitem__)
+            tmap = np.fromiter((names.setdefault(t, len(names)) for t in vocab), dtype=np.int64, count=len(vocab))
+            t = np.repeat(tmap, np.diff(seg.indptr))
+            r, f = seg.indices.astype(np.int64), seg.tf
+            live = seg.ids.size
+            if dead is not None:
+                keep = ~dead[r]
+                renum = np.cumsum(~dead) - 1
+                t, r, f = t[keep], renum[r[keep]], f[keep]
+                live = int((~dead).sum())
+            terms.append(t)
+            rows.append(r + base)
+            tfs.append(f)
+            lengths.append(seg.doc_lengths if dead is None else seg.doc_lengths[~dead])
+            ids.append(seg.ids if dead is None else seg.ids[~dead])
+            base += live
+        t = np.concatenate(terms)
+        order = np.argsort(t, kind="stable")  # term-major; stable keeps each term's rows ascending
+        p = cls()
+        p.term_ids = names
+        p.indptr = np.zeros(len(names) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(t, minlength=len(names)), out=p.indptr[1:])
+        p.indices = np.concatenate(rows)[order].astype(np.int32)
+        p.tf = np.concatenate(tfs)[order]
+        p.doc_lengths, p.ids = np.concatenate(lengths), np.concatenate(ids)
+        p.dead, p.dead_pos, p.rows = None, np.zeros(0, np.int64), base
+        return p
+
+
 def _where_in_sorted(values: np.ndarray, few: np.ndarray) -> np.ndarray:
     """Ascending indices into ``values`` (ascending) of the elements also in ``few`` (ascending,
     small): O(len(few) log len(values)), not a pass over ``values``."""
@@ -343,8 +407,8 @@ class _UnionTerms:
     """Term -> small int over the union of the segments' vocabularies, numbered on demand (the
     ``term_ids`` Mapping :func:`rag.index.sparse.query_terms` asks; one per query)."""
 
-    def __init__(self, segments: Sequence[Segment]):
-        self.segments = segments
+    def __init__(self, segments: Sequence[Any]):
+        self.segments = segments  # anything with ``term_ids``: segments or BM25 parts
         self.ids: dict[str, int] = {}
         self.names: list[str] = []
 
