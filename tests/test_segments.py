@@ -170,6 +170,20 @@ def test_merge_keeps_results_identical(segmented, monkeypatch, hash_config):
     assert RAG(idx, hash_config).verify()["chunks"] > 0
 
 
+def test_build_postings_numpy_and_scipy_transposes_are_identical(monkeypatch):
+    rnd = random.Random(3)
+    texts = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(0, 40))) for _ in range(300)] + ["", "licence"]
+    cfg = BM25Config()
+    monkeypatch.setattr(segmod, "SMALL_POSTINGS", 10**9)
+    small, vocab_a, _ = segmod.build_postings(texts, cfg)
+    monkeypatch.setattr(segmod, "SMALL_POSTINGS", 0)
+    big, vocab_b, _ = segmod.build_postings(texts, cfg)
+    assert vocab_a == vocab_b and small.keys() == big.keys()
+    for k in small:
+        assert small[k].dtype == big[k].dtype and np.array_equal(small[k], big[k]), k
+    assert small["indptr"][-1] == small["indices"].size > 0
+
+
 def test_deleted_half_segment_is_rewritten():
     assert segmod.plan_merges([100, 40], [100, 100]) == [(1, 2)]
     assert segmod.plan_merges([100, 60], [100, 100]) == []

@@ -68,6 +68,9 @@ MERGE_FACTOR = 10
 FLOOR_ROWS = 1_000
 """Segments below this many live rows all count as level 0 (Lucene's floor segment size), so
 many tiny commits merge early instead of forming levels of 1, 10, 100 rows."""
+SMALL_POSTINGS = 1_000_000
+"""Up to this many postings (~20k chunks), :func:`build_postings` transposes with numpy (a
+stable argsort, 0.2 s at the limit on this machine) rather than importing scipy for it."""
 MAX_DELETED_RATIO = 0.5
 """A segment whose rows are more than this fraction deleted is rewritten (its tombstones purged)."""
 
@@ -191,14 +194,25 @@ class SegmentSpec:
 def build_postings(texts: Sequence[str], bm25_config: Any) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
     """Term-major tf postings of ``texts`` (rows in order): ``(arrays, vocab, tokenizer dict)``.
     Tokenised exactly as :meth:`rag.index.sparse.BM25Index.build` does (shared
-    :func:`~rag.index.sparse.count_terms`)."""
-    from scipy.sparse import csr_matrix
-
+    :func:`~rag.index.sparse.count_terms`). Chunk-major -> term-major: a stable numpy argsort
+    by term up to :data:`SMALL_POSTINGS` postings (a small commit then never imports scipy,
+    0.35-0.55 s of a one-file ingest here), scipy's linear-time CSR -> CSC conversion above;
+    both keep each term's rows ascending, so the arrays are identical."""
     from .sparse import BM25Tokenizer, count_terms
 
     tok = BM25Tokenizer(bm25_config.language, bm25_config.stopwords, bm25_config.stemming)
     vocab, terms, tf, per_doc, doc_lengths = count_terms(list(texts), tok)
     n = len(texts)
+    if terms.size <= SMALL_POSTINGS:
+        order = np.argsort(terms, kind="stable")  # rows stay ascending within each term
+        term_indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(terms, minlength=len(vocab)), out=term_indptr[1:])
+        rows = np.repeat(np.arange(n, dtype=np.int32), per_doc)
+        arrays = {"indptr": term_indptr, "indices": rows[order], "tf": tf[order].astype(np.float32),
+                  "doc_lengths": doc_lengths.astype(np.int32)}
+        return arrays, vocab, tok.to_dict()
+    from scipy.sparse import csr_matrix
+
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(per_doc, out=indptr[1:])
     csc = csr_matrix((tf, terms.astype(np.int64), indptr), shape=(n, max(len(vocab), 0))).tocsc()
