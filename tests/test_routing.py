@@ -46,6 +46,8 @@ def test_router_accuracy_on_labelled_questions():
     ("How many points did the Panthers defense surrender?", "factoid"),
     ("What is the difference between HTTP/1.1 and HTTP/2?", "comparison"),
     ("Is Adler-32 faster or slower than CRC-32?", "comparison"),
+    ("is there a difference between a dove and a pigeon?", "yes_no"),
+    ("Does gzip differ from zlib in its header?", "yes_no"),
     ("What are the types of exceptions in httpx?", "list"),
     ("What is chloroplast DNA abbreviated as?", "factoid"),
     ("And does it support HTTP/2?", "yes_no"),

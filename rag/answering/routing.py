@@ -2,8 +2,8 @@
 
 Routes (the values of :attr:`rag.types.Answer.kind`):
 
-* ``yes_no``: starts with an auxiliary verb ("Is zlib free...?", "does ethanol...?") and
-  offers no alternatives ("Is X or Y faster?" is a comparison);
+* ``yes_no``: starts with an auxiliary verb ("Is zlib free...?", "does ethanol...?", "is there a
+  difference between X and Y?") and offers no alternatives ("Is X or Y faster?" is a comparison);
 * ``comparison``: asks how two things differ or which of two is better;
 * ``list``: asks for several items ("List...", "What are the types of...", "Name three...");
 * ``explanatory``: how/why, definitions ("What is the Zen of Python?"), "what does X do/mean",
@@ -54,12 +54,12 @@ def route(question: str) -> str:
     q = _LEAD.sub("", question.strip()).strip()
     low = q.lower()
     first = low.split(" ", 1)[0] if low else ""
-    if _COMPARE.search(low) and not low.startswith("why"):
-        return "comparison"
-    if first in _AUX:
+    if first in _AUX:  # "Is there a difference between X and Y?" asks for a yes or a no too
         if re.search(r",? or (?!not\b)\w+", low) and not re.search(r"\bor (?:not|no)\b", low):
             return "comparison"
         return "yes_no"
+    if _COMPARE.search(low) and not low.startswith("why"):
+        return "comparison"
     if _LIST.search(low):
         return "list"
     if _HOW_FACT.search(low):
