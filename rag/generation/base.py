@@ -52,6 +52,22 @@ class TokenScorer(Protocol):
     def score_continuations(self, messages: list[dict[str, str]], candidates: Sequence[str], prefix: str = "") -> list[float]: ...
 
 
+def plan_packs(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group the texts ``order`` names (in that order) into packs of at most ``max_tokens``
+    tokens (``lengths[i]``: tokens of text i; a longer text is a pack alone): the sequences
+    packed scoring runs, one model call each."""
+    packs: list[list[int]] = [[]]
+    size = 0
+    for i in order:
+        n = lengths[i]
+        if packs[-1] and size + n > max_tokens:
+            packs.append([])
+            size = 0
+        packs[-1].append(i)
+        size += n
+    return [p for p in packs if p]
+
+
 def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` at the first stop string; returns (text, stopped)."""
     cut = len(text)

@@ -21,20 +21,16 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import GenerationError, ModelError
-from .base import GenerationOptions, _stream_with_stop
+from .base import GenerationOptions, _stream_with_stop, plan_packs
+from .transformers import PACK_MAX_TOKENS, PREFIX_REUSE_MIN_TOKENS
 
 log = logging.getLogger("rag")
 
-PREFIX_REUSE_MIN_TOKENS = 16
-"""Reuse the previous prompt's KV cache when at least this many leading tokens match (as the
-transformers runtime does)."""
 PROMPT_CACHE_ENTRIES = 3
 """Prompt KV caches kept, most recently used first. A prompt that reuses at least half of a kept
 cache takes its slot, so each prompt family (span scoring and its question-free twin, yes/no verdicts, ...)
 keeps its shared few-shot prefix instead of evicting the others' (a 320-380-token prefill per
 switch otherwise); about 17 MB each for SmolLM2-135M."""
-PACK_MAX_TOKENS = 512
-"""Most scored-text tokens packed into one sequence per run."""
 _NEG = np.float32(-np.inf)
 
 
@@ -230,22 +226,9 @@ class OnnxCausalLM:
                 bonus = list(first_bonus) if first_bonus is not None else [0.0] * len(enc)
                 order = sorted(order, key=lambda i: -(float(last_logp[enc[i][0][0]]) + bonus[i]))[:top_first]
             results: dict[int, tuple[list[int], list[float], list[float]]] = {}
-            for pack in self._packs(enc, order):
+            for pack in plan_packs(order, [len(ids) for ids, _ in enc], PACK_MAX_TOKENS):
                 self._score_pack(keys, values, n_p, enc, pack, last_logp, end_id, results)
         return [results.get(i) for i in range(len(enc))]
-
-    @staticmethod
-    def _packs(enc, order) -> list[list[int]]:
-        packs: list[list[int]] = [[]]
-        size = 0
-        for i in order:
-            n = len(enc[i][0])
-            if packs[-1] and size + n > PACK_MAX_TOKENS:
-                packs.append([])
-                size = 0
-            packs[-1].append(i)
-            size += n
-        return [p for p in packs if p]
 
     def _score_pack(self, keys, values, n_p: int, enc, pack: list[int], last_logp, end_id, results) -> None:
         """Score the texts ``pack`` packed end to end after the prompt: each attends to the prompt

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 from ..config import DEFAULT_GENERATOR
 from ..errors import GenerationError, ModelError
-from .base import GenerationOptions, _stream_with_stop
+from .base import GenerationOptions, _stream_with_stop, plan_packs
 
 log = logging.getLogger("rag")
 
@@ -383,18 +383,8 @@ class TransformersGenerator:
         score the padded way (all of them when packing is off or fails)."""
         import torch
 
-        packs: list[list[int]] = [[]]
-        size = 0
-        for i in order:
-            n = len(enc[i][0])
-            if packs[-1] and size + n > PACK_MAX_TOKENS:
-                packs.append([])
-                size = 0
-            packs[-1].append(i)
-            size += n
+        packs = plan_packs(order, [len(ids) for ids, _ in enc], PACK_MAX_TOKENS)
         for k, pack in enumerate(packs):
-            if not pack:
-                continue
             lens = [len(enc[i][0]) for i in pack]
             L = sum(lens)
             ids = torch.tensor([[t for i in pack for t in enc[i][0]]], dtype=torch.long)
