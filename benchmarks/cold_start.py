@@ -101,7 +101,7 @@ def main() -> int:
     if not (ROOT / args.index / "manifest.json").exists():
         print(f"{args.index}: no index (build it: .venv/bin/rag ingest corpora --index {args.index})", file=sys.stderr)
         return 1
-    cases = [("rag ask", [str(RAG), "ask", args.question, "--index", args.index], True),
+    cases = [("rag ask", [str(RAG), "ask", args.question, "--index", args.index, "--no-record"], True),
              ("rag search", [str(RAG), "search", args.query, "--index", args.index], False)]
     if args.only:
         cases = [c for c in cases if c[0] == f"rag {args.only}"]

@@ -52,6 +52,8 @@ def _open(ctx, index: str, overrides=None, create: bool = False, **kw):
     """
     from .pipeline import RAG
 
+    if "://" not in index and not index.startswith("qdrant") and os.path.exists(index) and not os.path.isdir(index):
+        raise click.UsageError(f"--index {index}: is a file, not an index folder", ctx=ctx)
     cfg, explicit = _config(ctx, overrides)
     rag = (RAG.create if create else RAG.open)(index, cfg if explicit else None, **kw)
     if not explicit:
@@ -543,6 +545,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # a path the user named cannot be used (no permission, a read-only or missing parent)
+        if os.environ.get("RAG_DEBUG"):
+            raise
+        if e.filename:
+            click.echo(f"rag: error: {e.filename}: {e.strerror or e.__class__.__name__}", err=True)
+        else:
+            click.echo(f"rag: internal error: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                       "(set RAG_DEBUG=1 for a traceback)", err=True)
+        sys.exit(1)
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - last resort: still one line, with a hint

@@ -47,6 +47,15 @@ def test_errors_are_one_line(tmp_path):
     r = rag("ingest", str(tmp_path / "nope.txt"), "--index", str(tmp_path / "j"), "--embedder", "testing:hash-64")
     assert r.returncode == 1 and r.stderr.strip() == f"rag: error: {tmp_path / 'nope.txt'}: no such file or directory"
     assert not (tmp_path / "j").exists()
+    # an --index that is a file, or whose parent cannot be created: one line naming it, no traceback
+    (tmp_path / "afile").write_text("x")
+    for cmd in (("ingest", str(tmp_path / "afile")), ("ask", "x"), ("search", "x")):
+        r = rag(*cmd, "--index", str(tmp_path / "afile"))
+        assert r.returncode == 2 and r.stderr.strip() == (
+            f"rag: error: --index {tmp_path / 'afile'}: is a file, not an index folder (see 'rag {cmd[0]} --help')")
+    r = rag("ingest", str(tmp_path / "afile"), "--index", str(tmp_path / "afile" / "sub"), "--embedder", "testing:hash-64")
+    assert r.returncode == 1 and r.stderr.startswith(f"rag: error: {tmp_path / 'afile'}") and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
     # feedback / history on a folder without a chat's sessions: one line, nothing created
     for args in (("feedback", "abc", "1", "up"), ("history",)):
         r = rag(*args, "--index", str(tmp_path / "k"))

@@ -78,11 +78,14 @@ class LocalGenerator:
                     return impl
         if self.runtime == "onnx" and gguf is None:
             raise ModelError(f"generator {self.model_name!r}: the ONNX runtime needs a GGUF model file")
+        if gguf is not None:
+            # a warning so that a terminal shows it without -v: the one long wait of a new machine
+            log.warning("preparing the generator %s once for this machine (de-quantising the GGUF, writing and "
+                        "checking its float32 and ONNX copies): about a minute", self.name)
         self._torch._load()
         if gguf is not None:
             from .onnx_export import export_onnx
 
-            log.info("making the ONNX copy of %s (once per machine)", self.name)
             made = export_onnx(self._torch, gguf)
             if made is None and self.runtime == "onnx":
                 raise ModelError(f"generator {self.model_name!r}: no checked ONNX copy could be made")
