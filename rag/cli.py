@@ -7,6 +7,7 @@ Errors are one line on stderr, never a traceback (``RAG_DEBUG=1`` shows tracebac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -111,6 +112,17 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
         import logging
 
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="rag: %(message)s")
+    else:  # one-time preparations (the generator's first load on a machine) are said even without -v
+        setup = logging.getLogger("rag.setup")
+        if not any(isinstance(h, _NoticeHandler) for h in setup.handlers):
+            setup.addHandler(_NoticeHandler())
+
+
+class _NoticeHandler(logging.Handler):
+    """Writes ``rag.setup`` notices to the current stderr as ``rag: message``."""
+
+    def emit(self, record) -> None:
+        click.echo(f"rag: {record.getMessage()}", err=True)
 
 
 index_option = click.option("--index", default=DEFAULT_INDEX, show_default=True, help="Index folder.")

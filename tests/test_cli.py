@@ -99,3 +99,19 @@ def test_search_json_has_sources_and_positions(tmp_path, mini_corpus):
     assert isinstance(hits[0]["chunk_id"], int) and hits[0]["sparse_rank"] == 1
     r = rag("search", "x", "--index", str(idx), "--filter", "nokey")
     assert r.returncode == 2 and "--filter" in r.stderr
+
+
+def test_one_time_preparation_notices_reach_the_terminal_without_verbose(tmp_path, capsys):
+    """The generator's first load on a machine logs to ``rag.setup``; the CLI shows those
+    notices as ``rag: ...`` lines on stderr even without -v (other library logs stay quiet)."""
+    import logging
+
+    from rag.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["info", "--index", str(tmp_path / "none")])
+    capsys.readouterr()
+    logging.getLogger("rag.setup").warning("preparing the generator X once for this machine")
+    logging.getLogger("rag").info("a detail")
+    err = capsys.readouterr().err
+    assert err == "rag: preparing the generator X once for this machine\n"

@@ -79,8 +79,8 @@ class LocalGenerator:
         if self.runtime == "onnx" and gguf is None:
             raise ModelError(f"generator {self.model_name!r}: the ONNX runtime needs a GGUF model file")
         if gguf is not None:
-            # a warning so that a terminal shows it without -v: the one long wait of a new machine
-            log.warning("preparing the generator %s once for this machine (de-quantising the GGUF, writing and "
+            # the one long wait of a new machine: "rag.setup" notices reach the terminal without -v
+            logging.getLogger("rag.setup").warning("preparing the generator %s once for this machine (de-quantising the GGUF, writing and "
                         "checking its float32 and ONNX copies): about a minute", self.name)
         self._torch._load()
         if gguf is not None:
