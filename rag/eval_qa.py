@@ -319,5 +319,8 @@ def run_eval_qa(dataset_dir: str | Path, index_dir: str | Path | None = None, co
     res = evaluate_qa(d, rag.ask, limit=limit, ood_questions=ood, k=k, stream=rag.stream, split=split, progress=progress,
                       per_question=per_question)
     res["generator"] = f"{cfg.generation.backend}:{cfg.generation.model}" if cfg.generation.backend == "transformers" else cfg.generation.backend
+    runtime = getattr(rag.generator, "runtime_name", None)  # onnxruntime or transformers for a local model
+    if runtime:
+        res["generator"] += f" on {runtime}"
     res["index"] = str(idx)
     return res
