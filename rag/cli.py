@@ -103,14 +103,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Local retrieval-augmented generation: ingest documents, search them, ask cited questions."""
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
-    import logging
-
     # pypdf reports recoverable font/structure problems as warnings; the ingest summary already
     # says which files failed, so keep them off the terminal unless -v is given.
     logging.getLogger("pypdf").setLevel(logging.WARNING if verbose else logging.ERROR)
     if verbose:
-        import logging
-
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="rag: %(message)s")
     else:  # one-time preparations (the generator's first load on a machine) are said even without -v
         setup = logging.getLogger("rag.setup")

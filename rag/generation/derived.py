@@ -40,20 +40,33 @@ _PROBE = [{"role": "system", "content": "Answer from the numbered sources and ci
                                       "Mark Adler (decompression).\n\nQuestion: Who wrote zlib?"}]
 
 
+def cache_folder(gguf_path: str | Path, tag: str) -> Path:
+    """``cache_dir()/generator/<stem>-<file key>-<tag>``: where a copy made from ``gguf_path``
+    lives (whether or not it exists yet); the file key changes with the GGUF's content. Raises
+    OSError when the GGUF file cannot be read."""
+    p = Path(gguf_path)
+    return cache_dir() / "generator" / f"{p.stem}-{file_key(p)}-{tag}"
+
+
+def complete_folder(gguf_path: str | Path, tag: str, files: tuple[str, ...]) -> Path | None:
+    """:func:`cache_folder` when every one of ``files`` is in it (the marker, written last,
+    among them), else None (not made yet, interrupted, or the GGUF is unreadable)."""
+    try:
+        folder = cache_folder(gguf_path, tag)
+    except OSError:
+        return None
+    return folder if all((folder / f).is_file() for f in files) else None
+
+
 def derived_folder(gguf_path: str | Path) -> Path:
     """Where the derived copy of ``gguf_path`` lives (whether or not it exists yet).
     Raises OSError when the GGUF file cannot be read."""
-    p = Path(gguf_path)
-    return cache_dir() / "generator" / f"{p.stem}-{file_key(p)}-v{DERIVED_VERSION}"
+    return cache_folder(gguf_path, f"v{DERIVED_VERSION}")
 
 
 def find_derived(gguf_path: str | Path) -> Path | None:
     """The complete derived folder of ``gguf_path``, or None (not made yet, or unreadable)."""
-    try:
-        folder = derived_folder(gguf_path)
-    except OSError:
-        return None
-    return folder if (folder / MARKER).is_file() and (folder / "model.safetensors").is_file() else None
+    return complete_folder(gguf_path, f"v{DERIVED_VERSION}", (MARKER, "model.safetensors"))
 
 
 def load_tokenizer(folder: str | Path):

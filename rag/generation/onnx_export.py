@@ -36,7 +36,8 @@ import logging
 import math
 from pathlib import Path
 
-from ..model_cache import atomic_folder, cache_dir, file_key
+from ..model_cache import atomic_folder, file_key
+from .derived import cache_folder, complete_folder
 
 log = logging.getLogger("rag")
 
@@ -58,18 +59,12 @@ _PROBE_TEXTS = ("Jean-loup Gailly and Mark Adler", "Mark Adler", "zlib was writt
 def onnx_folder(gguf_path: str | Path) -> Path:
     """Where the ONNX copy of ``gguf_path`` lives (whether or not it exists yet). Raises OSError
     when the GGUF file cannot be read."""
-    p = Path(gguf_path)
-    return cache_dir() / "generator" / f"{p.stem}-{file_key(p)}-onnx-v{ONNX_VERSION}"
+    return cache_folder(gguf_path, f"onnx-v{ONNX_VERSION}")
 
 
 def find_onnx(gguf_path: str | Path) -> Path | None:
     """The complete, checked ONNX folder of ``gguf_path``, or None (not made yet, or unreadable)."""
-    try:
-        folder = onnx_folder(gguf_path)
-    except OSError:
-        return None
-    ok = all((folder / f).is_file() for f in (MARKER, GRAPH_FILE, DATA_FILE, "tokenizer.json", "runtime.json"))
-    return folder if ok else None
+    return complete_folder(gguf_path, f"onnx-v{ONNX_VERSION}", (MARKER, GRAPH_FILE, DATA_FILE, "tokenizer.json", "runtime.json"))
 
 
 def exportable(config) -> str | None:
