@@ -227,15 +227,17 @@ class SentenceTransformerEmbedder:
             return None
         if precision.endswith("-split"):
             return self._load_split(ox, key, precision[: -len("-split")], max_len, normalize)
+        workers = ox.document_workers() if precision == "int8" else 1  # int8 embeds documents only
         if target.is_file():
             try:
-                return ox.OnnxEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize)
+                return ox.OnnxEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize,
+                                      batch_workers=workers)
             except Exception as e:  # noqa: BLE001 - a damaged cache file: make it again
                 log.warning("cached ONNX embedder %s is unreadable (%s); making it again", target, type(e).__name__)
         if precision == "int8":
             fp32 = self._onnx.get("fp32") or self._load_onnx("fp32")
             self._onnx.setdefault("fp32", fp32 or False)
-            return ox.quantize_int8(fp32, target) if fp32 else None
+            return ox.quantize_int8(fp32, target, batch_workers=workers) if fp32 else None
         try:
             return ox.export(self.model, self.path, target, max_len, normalize)
         except ModelError:
@@ -254,7 +256,8 @@ class SentenceTransformerEmbedder:
         if graph.is_file() and table.is_file():
             try:
                 return ox.OnnxEncoder(graph, Path(self.path) / "tokenizer.json", max_len, normalize,
-                                      word_table=table, optimized=True)
+                                      word_table=table, optimized=True,
+                                      batch_workers=ox.document_workers() if base == "int8" else 1)
             except Exception as e:  # noqa: BLE001 - damaged cache files: make them again
                 log.warning("cached ONNX embedder %s is unreadable (%s); making it again", graph, type(e).__name__)
         full = self._onnx.get(base)  # the caller holds _onnx_lock
@@ -276,8 +279,10 @@ class SentenceTransformerEmbedder:
         enc = self.onnx_encoder(f"{precision}-split")
         if enc is None:
             return None
+        from .onnx_embedding import DOCUMENT_BATCH
+
         try:
-            return enc.encode_batch(texts, batch_size=self.config.batch_size)
+            return enc.encode_batch(texts, batch_size=DOCUMENT_BATCH if enc.batch_workers > 1 else self.config.batch_size)
         except Exception as e:  # noqa: BLE001 - fall back to PyTorch for good
             log.warning("ONNX %s embedder failed (%s); using PyTorch", precision, type(e).__name__)
             self._onnx[f"{precision}-split"] = False
@@ -285,7 +290,8 @@ class SentenceTransformerEmbedder:
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised, row i for ``texts[i]``; on :attr:`document_backend`,
-        batches of ``config.batch_size`` texts of similar length (ONNX) or PyTorch's batching."""
+        batches of texts of similar length (ONNX int8: :data:`rag.onnx_embedding.DOCUMENT_BATCH`
+        texts, several batches at once; ONNX fp32: ``config.batch_size``) or PyTorch's batching."""
         if len(texts) == 0:
             return np.zeros((0, self.dim or self.model.get_sentence_embedding_dimension()), dtype=np.float32)
         backend = self.document_backend

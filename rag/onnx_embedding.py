@@ -36,11 +36,12 @@ log = logging.getLogger("rag")
 __all__ = [
     "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "WORD_VECTORS_INPUT", "OnnxEncoder", "OnnxQueryEncoder",
     "cache_dir", "export", "make_split_graph", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8",
-    "weights_key",
+    "weights_file", "weights_key",
 ]
 
-EXPORT_VERSION = 1
-"""Bumped when the exported graph or its inputs change, so old cache files are not reused."""
+EXPORT_VERSION = 2
+"""Bumped when the exported graph or its inputs change, so old cache files are not reused
+(2: exported with eager attention; see :func:`export`)."""
 MIN_EXPORT_COSINE = 0.99999
 """An fp32 export is kept only if every probe text's ONNX vector has at least this cosine with
 PyTorch's."""
@@ -97,8 +98,24 @@ def weights_key(folder: str | Path, model_id: str) -> str:
     return h.hexdigest()[:20]
 
 
+def _usable_cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
 def _intra_op_threads() -> int:
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+    return min(2, _usable_cores())
+
+
+DOCUMENT_BATCH = 8
+"""Texts per batch when batches run in parallel (``batch_workers`` > 1). Chosen by measurement
+on SciFact chunks (``benchmarks/results/document_embedding.md``): small batches keep each
+thread's activations in its cache."""
+
+
+def document_workers() -> int:
+    """Batches a document encoder runs at once (``batch_workers`` of :class:`OnnxEncoder`): one
+    per usable core, at most 8."""
+    return min(8, _usable_cores())
 
 
 class OnnxEncoder:
@@ -106,19 +123,27 @@ class OnnxEncoder:
 
     ``path``: the ``.onnx`` file; ``tokenizer_json``: the model's ``tokenizer.json``; texts are
     truncated at ``max_seq_length`` word pieces (special tokens included) as sentence-transformers
-    does. Runs on ``min(2, usable cores)`` intra-op threads without spin-waiting (a spinning second
+    does. With ``batch_workers`` 1 (queries: one text's latency) one run uses ``min(2, usable
+    cores)`` intra-op threads; with ``batch_workers`` n > 1 (documents: throughput) the session
+    runs on one thread and :meth:`encode_batch` runs n batches at once on n threads, which embedded
+    SciFact chunks 1.2-1.3x faster on 2 cores than 2 intra-op threads on one batch (the
+    many small operators between the matrix products no longer wait for each other;
+    ``benchmarks/ingest_throughput.py --backends``). No thread spin-waits (a spinning second
     thread on a busy 2-core box doubled p95). Safe to call from several threads (ONNX Runtime
     sessions are). Raises ImportError without onnxruntime and ``onnxruntime`` errors for an
     unreadable graph.
     """
 
     def __init__(self, path: Path, tokenizer_json: Path, max_seq_length: int, normalize: bool,
-                 word_table: Path | None = None, optimized: bool = False):
+                 word_table: Path | None = None, optimized: bool = False, batch_workers: int = 1):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        self.batch_workers = max(1, int(batch_workers))
+        self._pool = None  # a ThreadPoolExecutor of batch_workers threads, made on the first long run
+        self._pool_lock = threading.Lock()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = _intra_op_threads()
+        so.intra_op_num_threads = 1 if self.batch_workers > 1 else _intra_op_threads()
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized
@@ -170,16 +195,18 @@ class OnnxEncoder:
 
         Texts are sorted by word-piece count before batching, so each batch is padded only to
         its own longest text and no padding is embedded wastefully; rows are written back in
-        input order. Padding positions are masked out of the attention and the mean."""
+        input order. Padding positions are masked out of the attention and the mean. With
+        ``batch_workers`` > 1, that many batches run at once (vectors equal a one-by-one run)."""
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         encs = self.tokenizer.encode_batch(list(texts))
         order = sorted(range(n), key=lambda i: len(encs[i].ids))
-        out: np.ndarray | None = None
         step = max(1, int(batch_size))
-        for b in range(0, n, step):
-            idx = order[b : b + step]
+        groups = [order[b : b + step] for b in range(0, n, step)]
+        many = len(groups) > 1
+
+        def embed(idx: list[int]) -> np.ndarray:
             width = max(len(encs[i].ids) for i in idx)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             types = np.zeros((len(idx), width), dtype=np.int64)
@@ -190,16 +217,33 @@ class OnnxEncoder:
                 ids[r, :L] = e.ids
                 types[r, :L] = e.type_ids
                 mask[r, :L] = 1
-            hidden = self._run(ids, mask, types, many=n > step)
+            hidden = self._run(ids, mask, types, many=many)
             m = mask[:, :, None].astype(np.float32)
             v = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
             if self.normalize:
                 v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            return v
+
+        if self.batch_workers > 1 and many:
+            vectors = self._workers().map(embed, groups)
+        else:
+            vectors = map(embed, groups)
+        out: np.ndarray | None = None
+        for idx, v in zip(groups, vectors):
             if out is None:
                 out = np.empty((n, v.shape[1]), dtype=np.float32)
             out[idx] = v
         assert out is not None
         return out
+
+    def _workers(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.batch_workers, thread_name_prefix="rag-embed")
+        return self._pool
 
     @property
     def dim(self) -> int:
@@ -243,6 +287,13 @@ def export(st_model, folder: str | Path, target: Path, max_seq_length: int, norm
 
     with _EXPORT_LOCK:
         auto = st_model[0].auto_model.eval()
+        try:  # the reference: PyTorch as it embeds (before the switch to eager attention for tracing)
+            ref = st_model.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not export the embedder to ONNX (%s); using PyTorch", type(e).__name__)
+            return None
+        before = getattr(auto.config, "_attn_implementation", None)
+        _use_attention(auto, "eager")
 
         class _Wrapped(torch.nn.Module):
             def __init__(self, m):
@@ -268,7 +319,6 @@ def export(st_model, folder: str | Path, target: Path, max_seq_length: int, norm
                                   input_names=["input_ids", "attention_mask", "token_type_ids"],
                                   output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
             encoder = OnnxEncoder(Path(tmp), Path(folder) / "tokenizer.json", max_seq_length, normalize)
-            ref = st_model.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
             got = encoder.encode_batch(list(_PROBES))
             cos = _min_cosine(ref, got)
             if cos < MIN_EXPORT_COSINE:
@@ -285,6 +335,21 @@ def export(st_model, folder: str | Path, target: Path, max_seq_length: int, norm
             return None
         finally:
             _unlink(tmp)
+            if before:
+                _use_attention(auto, before)
+
+
+def _use_attention(model, implementation: str) -> None:
+    """Switch a transformers model's attention to ``implementation`` when it can be switched.
+
+    Why eager for the export: the traced SDPA path of transformers 5 builds a boolean mask per
+    layer and NaN-guards every softmax (``Where`` and ``IsNaN`` over (batch, heads, tokens,
+    tokens)), 20 % of the int8 graph's time on SciFact chunks; the eager path adds one
+    (batch, 1, 1, tokens) additive mask. Both give the same vectors (checked on export)."""
+    try:
+        model.set_attn_implementation(implementation)
+    except Exception:  # noqa: BLE001 - older transformers or a model without the switch: export as is
+        pass
 
 
 class _DropRootRecords(logging.Filter):
@@ -311,12 +376,12 @@ def _root_logger_untouched():
                 root.removeHandler(h)
 
 
-def quantize_int8(fp32: OnnxEncoder, target: Path) -> OnnxEncoder | None:
+def quantize_int8(fp32: OnnxEncoder, target: Path, batch_workers: int = 1) -> OnnxEncoder | None:
     """Derive the int8 graph from the fp32 ``fp32`` encoder's file with
     ``onnxruntime.quantization.quantize_dynamic`` (signed int8 weights, per-channel for MatMul,
     activations quantised per batch at run time), write it to ``target`` atomically, and return
     an encoder; None (and no file) when quantisation fails or its probe vectors fall below
-    :data:`MIN_INT8_COSINE` against fp32's."""
+    :data:`MIN_INT8_COSINE` against fp32's. ``batch_workers``: that of the returned encoder."""
     with _EXPORT_LOCK:
         tmp: str | None = _tmp_next_to(target)
         try:
@@ -328,7 +393,8 @@ def quantize_int8(fp32: OnnxEncoder, target: Path) -> OnnxEncoder | None:
                 warnings.simplefilter("ignore")
                 quantize_dynamic(str(fp32.path), tmp, weight_type=QuantType.QInt8, per_channel=True,
                                  op_types_to_quantize=["MatMul"])
-            enc = OnnxEncoder(Path(tmp), fp32.tokenizer_json, fp32.max_seq_length, fp32.normalize)
+            enc = OnnxEncoder(Path(tmp), fp32.tokenizer_json, fp32.max_seq_length, fp32.normalize,
+                              batch_workers=batch_workers)
             cos = _min_cosine(fp32.encode_batch(list(_PROBES)), enc.encode_batch(list(_PROBES)))
             if cos < MIN_INT8_COSINE:
                 log.warning("int8 embedder disagrees with fp32 (cosine %.4f); using fp32", cos)
@@ -382,7 +448,7 @@ def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) 
     table (all-MiniLM-L6-v2: 30,522 x 384 float32, 47 MB of the fp32 graph's 90 and of the int8
     graph's 58) moves to ``table_target`` (``.npy``, memory-mapped at run time, so a text reads
     only its own rows; int8 quantisation leaves this table float32, so both graphs share one
-    file), and the rest is saved already optimised by ONNX Runtime (``ORT_ENABLE_ALL``, offline
+    file; the new encoder has ``full``'s ``batch_workers``), and the rest is saved already optimised by ONNX Runtime (``ORT_ENABLE_ALL``, offline
     mode) so a new process loads it without optimising again. Why: creating the fp32 session
     took 0.12 CPU s of a cold ``rag search``'s 0.6, and the int8 one most of a one-file
     ``rag ingest``'s embedding time, mostly copying weights a short text never reads.
@@ -395,9 +461,10 @@ def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) 
     full graph's."""
     with _EXPORT_LOCK:
         plain: str | None = None
-        tmp_graph: str | None = _tmp_next_to(graph_target)
+        work: str | None = None  # a private folder where ONNX Runtime writes the graph and its weights
         tmp_table: str | None = None
         try:
+            graph_target.parent.mkdir(parents=True, exist_ok=True)
             import onnx
             import onnxruntime as ort
 
@@ -416,13 +483,18 @@ def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) 
                     np.save(fh, table)
             plain = _tmp_next_to(graph_target)
             onnx.save(model, plain)
+            work = tempfile.mkdtemp(prefix=graph_target.name + ".", suffix=".tmp", dir=graph_target.parent)
+            weights = weights_file(graph_target)
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.optimized_model_filepath = tmp_graph
+            so.optimized_model_filepath = os.path.join(work, graph_target.name)
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights.name)
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
             so.log_severity_level = 3
-            ort.InferenceSession(plain, so, providers=["CPUExecutionProvider"])  # writes tmp_graph
-            enc = OnnxEncoder(Path(tmp_graph), full.tokenizer_json, full.max_seq_length, full.normalize,
-                              word_table=Path(tmp_table or table_target), optimized=True)
+            ort.InferenceSession(plain, so, providers=["CPUExecutionProvider"])  # writes both files into work
+            enc = OnnxEncoder(Path(work) / graph_target.name, full.tokenizer_json, full.max_seq_length, full.normalize,
+                              word_table=Path(tmp_table or table_target), optimized=True,
+                              batch_workers=full.batch_workers)
             probes = list(_PROBES)
             cos = min(_min_cosine(full.encode_batch(probes), enc.encode_batch(probes)),
                       _min_cosine(np.stack([full.encode(t) for t in probes]), np.stack([enc.encode(t) for t in probes])))
@@ -432,8 +504,9 @@ def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) 
             if tmp_table is not None:
                 os.replace(tmp_table, table_target)
                 tmp_table = None
-            os.replace(tmp_graph, graph_target)
-            tmp_graph = None
+            if (Path(work) / weights.name).is_file():
+                os.replace(Path(work) / weights.name, weights)
+            os.replace(Path(work) / graph_target.name, graph_target)
             enc.path, enc.word_table = graph_target, table_target
             log.info("made the split graph %s (probe cosine %.6f)", graph_target, cos)
             return enc
@@ -443,5 +516,14 @@ def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) 
             return None
         finally:
             _unlink(plain)
-            _unlink(tmp_graph)
             _unlink(tmp_table)
+            if work is not None:
+                import shutil
+
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def weights_file(graph: Path) -> Path:
+    """Where a split graph saved by :func:`make_split_graph` keeps its weights: ``<graph
+    stem>.data`` beside it (the graph names this file; ONNX Runtime opens it on load)."""
+    return Path(graph).with_suffix(".data")

@@ -3,6 +3,8 @@ with PyTorch's (slow)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,23 @@ def test_length_sorted_batches_return_vectors_in_input_order(tiny_encoder):
     assert enc.encode_batch([], batch_size=5).shape == (0, 8)
 
 
+def test_batches_run_in_parallel_give_the_same_vectors_in_input_order(tiny_encoder):
+    from rag.onnx_embedding import OnnxEncoder
+
+    enc, table, vocab = tiny_encoder
+    par = OnnxEncoder(enc.path, enc.tokenizer_json, 12, True, batch_workers=3)
+    assert par.session.get_session_options().intra_op_num_threads == 1  # one thread per batch
+    rng = np.random.default_rng(2)
+    texts = [" ".join(f"w{int(j)}" for j in rng.integers(0, 40, size=int(n))) for n in rng.integers(1, 20, size=53)]
+    got = par.encode_batch(texts, batch_size=4)
+    assert got.shape == (53, 8) and par._pool is not None  # 14 batches went to the 3 workers
+    assert np.array_equal(got, enc.encode_batch(texts, batch_size=4))
+    for i in (0, 17, 52):
+        ids = [2] + [vocab[w] for w in texts[i].split()][:10] + [3]
+        v = table[ids].mean(axis=0)
+        assert np.allclose(got[i], v / np.linalg.norm(v), atol=1e-5), i
+
+
 @pytest.mark.slow
 def test_onnx_document_vectors_match_pytorch(shared_data):
     import json
@@ -92,7 +111,17 @@ def test_onnx_document_vectors_match_pytorch(shared_data):
     # documents ran on the split int8 graph: the whole int8 graph's vectors, one shared word table
     split8, whole8 = int8.onnx_encoder("int8-split"), int8.onnx_encoder("int8")
     assert split8.word_table is not None and split8.word_table == int8.query_encoder().word_table
-    assert (whole8.encode_batch(texts) * v8).sum(axis=1).min() >= 0.99999
+    # the split graphs keep their weights beside them (mapped on load), not inside the protobuf
+    from rag.onnx_embedding import weights_file
+
+    for g in (split8.path, int8.query_encoder().path):
+        assert weights_file(g).stat().st_size > 10_000_000 > 20 * g.stat().st_size, g
+    # (int8 activations are quantised per batch: the same batches, so the same vectors)
+    from rag.onnx_embedding import DOCUMENT_BATCH
+
+    assert split8.batch_workers == whole8.batch_workers >= 1 and split8.session.get_session_options().intra_op_num_threads == (
+        1 if split8.batch_workers > 1 else min(2, len(os.sched_getaffinity(0))))
+    assert (whole8.encode_batch(texts, batch_size=DOCUMENT_BATCH) * v8).sum(axis=1).min() >= 0.99999
 
 
 def test_split_graph_gives_the_whole_graphs_vectors_from_a_memory_mapped_word_table(tiny_encoder, tmp_path):

@@ -63,7 +63,7 @@ def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeyp
     # queries run on the graph split from it (word-embedding table memory-mapped)
     version = __import__("onnxruntime").__version__
     assert sorted(f.name.split(".", 1)[1] for f in cache.iterdir() if f.is_file()) == \
-        ["onnx", f"split.ort-{version}.onnx", "words.npy"]
+        ["onnx", f"split.ort-{version}.data", f"split.ort-{version}.onnx", "words.npy"]  # weights beside the graph
     assert first.query_encoder().word_table is not None
     queries = ["What is the capital of France?", "0-dimensional biomaterials show inductive properties.",
                "zlib " * 400]  # the last one is truncated at 256 word pieces like PyTorch does
@@ -82,4 +82,12 @@ def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeyp
     query_graph.write_bytes(b"not an onnx graph")
     third = SentenceTransformerEmbedder()
     assert np.allclose(third.embed_query(queries[0]), got[0], atol=1e-5)
-    assert files[0].stat().st_size > 1_000_000 and query_graph.stat().st_size > 1_000_000
+    assert files[0].stat().st_size > 1_000_000 and query_graph.stat().st_size > 10_000
+    from rag.onnx_embedding import weights_file
+
+    weights = weights_file(query_graph)
+    assert weights.stat().st_size > 1_000_000
+    weights.write_bytes(b"cut short")  # a graph whose weights file is damaged is made again too
+    fourth = SentenceTransformerEmbedder()
+    assert np.allclose(fourth.embed_query(queries[0]), got[0], atol=1e-5)
+    assert weights.stat().st_size > 1_000_000
