@@ -1,8 +1,8 @@
 """The embedder's transformer run by ONNX Runtime: queries, short texts and document batches.
 
 PyTorch eager spends most of a short text's time on per-operator overhead; ONNX Runtime with its
-graph fusions (attention, GELU, LayerNorm) embeds a SciFact query with all-MiniLM-L6-v2 in about
-7 ms against 20-28 ms for PyTorch on this 2-core machine (``benchmarks/query_embedding.py``), and
+graph fusions (GELU, LayerNorm) embeds a SciFact query with all-MiniLM-L6-v2 in about
+5.5 ms against 19 ms for PyTorch on this 2-core machine (``benchmarks/query_embedding.py``), and
 document batches faster too (``benchmarks/ingest_throughput.py``). The fp32 graph's vectors equal
 PyTorch's (cosine >= :data:`MIN_EXPORT_COSINE`, checked on every export), so vectors from either
 search each other's indexes.
