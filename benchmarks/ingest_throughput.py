@@ -203,7 +203,7 @@ def ingest_vs_embedding(args) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--docs", type=int, default=None,
                     help="SciFact abstracts in the sample; 0: all (default 1000, --backends 300)")
     ap.add_argument("--backends", action="store_true", help="the backend table instead of the ingest figures")

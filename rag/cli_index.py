@@ -60,13 +60,25 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @c.index_option
     @click.option("--at", "at_gen", type=int, default=None, help="Check kept generation GEN instead of the current one.")
+    @click.option("--repair", "then_repair", is_flag=True,
+                  help="If the check fails, rebuild what can be rebuilt (as `rag repair` does).")
     @click.pass_context
-    def verify(ctx, index, at_gen):
+    def verify(ctx, index, at_gen, then_repair):
         """Check every file's checksum and that docstore, FAISS and BM25 agree."""
+        from .errors import IndexFormatError
         from .index.versions import verify_generation
         from .pipeline import RAG
 
-        res = verify_generation(index, at_gen) if at_gen is not None else RAG(index).verify()
+        if then_repair and at_gen is not None:
+            raise click.UsageError("--repair repairs the current generation; it cannot be combined with --at", ctx=ctx)
+        try:
+            res = verify_generation(index, at_gen) if at_gen is not None else RAG(index).verify()
+        except IndexFormatError as e:
+            if not then_repair:
+                raise
+            click.echo(f"rag: {e}; repairing", err=True)
+            ctx.invoke(repair, index=index, wait_s=0.0)
+            return
         click.echo(f"Index {res['index']} is consistent: generation {res['generation']}, {res['documents']} documents, "
                    f"{res['chunks']} chunks.")
 

@@ -234,10 +234,17 @@ class SentenceTransformerEmbedder:
                                       batch_workers=workers)
             except Exception as e:  # noqa: BLE001 - a damaged cache file: make it again
                 log.warning("cached ONNX embedder %s is unreadable (%s); making it again", target, type(e).__name__)
+        setup = logging.getLogger("rag.setup")  # one-time waits of a new machine reach the terminal without -v
         if precision == "int8":
             fp32 = self._onnx.get("fp32") or self._load_onnx("fp32")
             self._onnx.setdefault("fp32", fp32 or False)
-            return ox.quantize_int8(fp32, target, batch_workers=workers) if fp32 else None
+            if not fp32:
+                return None
+            setup.warning("preparing the embedder's int8 copy once for this machine (quantising and checking it): "
+                          "a few seconds")
+            return ox.quantize_int8(fp32, target, batch_workers=workers)
+        setup.warning("preparing the embedder %s once for this machine (exporting it to ONNX and checking the copy "
+                      "against PyTorch): about 10 seconds", self.model_id.split("@")[0])
         try:
             return ox.export(self.model, self.path, target, max_len, normalize)
         except ModelError:

@@ -48,15 +48,21 @@ def test_query_backend_is_validated():
 
 
 @pytest.mark.slow
-def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeypatch):
+def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
+    import logging
+
     from rag.embedding import SentenceTransformerEmbedder
 
     monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
     torch_only = SentenceTransformerEmbedder(EmbeddingConfig(query_backend="torch"))
     assert torch_only.query_encoder() is None
     first = SentenceTransformerEmbedder()
-    assert first.query_encoder() is not None  # exported from the loaded PyTorch model
+    with caplog.at_level(logging.WARNING, logger="rag.setup"):
+        assert first.query_encoder() is not None  # exported from the loaded PyTorch model
+    # the one-time wait is announced (the CLI shows rag.setup notices without -v)
+    notices = [r.getMessage() for r in caplog.records if r.name == "rag.setup"]
+    assert len(notices) == 1 and notices[0].startswith("preparing the embedder all-MiniLM-L6-v2 once"), notices
     cache = tmp_path / "cache" / "onnx"
     files = [f for f in cache.glob("*.onnx") if ".split." not in f.name]  # the fp32 export
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
@@ -73,7 +79,10 @@ def test_onnx_query_vectors_equal_pytorch_and_export_is_cached(tmp_path, monkeyp
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert (ref * got).sum(axis=1).min() > 0.99999
     second = SentenceTransformerEmbedder()  # a new process would do the same: load the cached file
-    assert np.allclose(second.embed_query(queries[0]), got[0], atol=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rag.setup"):
+        assert np.allclose(second.embed_query(queries[0]), got[0], atol=1e-6)
+    assert not [r for r in caplog.records if r.name == "rag.setup"]  # nothing to prepare any more
     assert second._model is None  # no PyTorch model was needed for the query
     assert second.query_encoder().word_table is not None and "fp32" not in second._onnx  # nor the whole graph
     # damaged cache files are replaced by a fresh export, never a crash

@@ -255,6 +255,30 @@ def test_verify_detects_damaged_segment_and_repair_rebuilds(segmented, hash_conf
         RAG(idx, hash_config).repair()
 
 
+def test_cli_verify_repair_repairs_only_when_the_check_fails(segmented, hash_config):
+    from click.testing import CliRunner
+
+    from rag.cli import cli
+
+    idx, _ = segmented
+    before = [(h.chunk.id, round(h.score, 5)) for h in RAG(idx, hash_config).search("tombstone posting checksum", top_k=6)]
+    gen = json.loads((idx / "manifest.json").read_text())["generation"]
+    out = CliRunner().invoke(cli, ["verify", "--repair", "--index", str(idx)])
+    assert out.exit_code == 0 and "is consistent" in out.output, out.output  # nothing to repair: no new generation
+    assert json.loads((idx / "manifest.json").read_text())["generation"] == gen
+    seg = json.loads((idx / "manifest.json").read_text())["segments"][1]["name"]
+    p = idx / "segments" / seg / "postings.npz"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=seg):  # plain verify reports it (the CLI as one line)
+        CliRunner().invoke(cli, ["verify", "--index", str(idx)], catch_exceptions=False)
+    out = CliRunner().invoke(cli, ["verify", "--repair", "--index", str(idx)])
+    assert out.exit_code == 0 and "Repaired" in out.output, out.output
+    assert RAG(idx).verify()["chunks"] > 0
+    assert [(h.chunk.id, round(h.score, 5)) for h in RAG(idx, hash_config).search("tombstone posting checksum", top_k=6)] == before
+
+
 def test_format2_index_opens_and_becomes_segment_zero(tmp_path, hash_config):
     """An index written by the previous format (one generation folder) opens as it is; its next
     commit converts it into segment 0 plus the new segment, with the same results."""
