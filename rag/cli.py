@@ -51,9 +51,10 @@ def _open(ctx, index: str, overrides=None, create: bool = False, **kw):
     The index's own settings (embedder, chunking, BM25) come from its manifest unless the user
     set them explicitly; retrieval and generation settings always come from file and flags.
     """
+    from .index import is_remote_location
     from .pipeline import RAG
 
-    if "://" not in index and not index.startswith("qdrant") and os.path.exists(index) and not os.path.isdir(index):
+    if not is_remote_location(index) and os.path.exists(index) and not os.path.isdir(index):
         raise click.UsageError(f"--index {index}: is a file, not an index folder", ctx=ctx)
     cfg, explicit = _config(ctx, overrides)
     rag = (RAG.create if create else RAG.open)(index, cfg if explicit else None, **kw)

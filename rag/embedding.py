@@ -92,6 +92,13 @@ SciFact nDCG@10 in README for retrieval quality)."""
 DOCUMENT_BACKENDS = ("auto", "onnx-fp32", "onnx-int8", "torch")
 
 
+def _batch_workers(ox, precision: str) -> int:
+    """Batches an ONNX encoder of ``precision`` runs at once: the int8 graph embeds documents
+    only (throughput: :func:`rag.onnx_embedding.document_workers`); the fp32 one serves queries
+    (latency: 1)."""
+    return ox.document_workers() if precision == "int8" else 1
+
+
 class SentenceTransformerEmbedder:
     """Any sentence-transformers model folder or cached Hugging Face name.
 
@@ -227,7 +234,7 @@ class SentenceTransformerEmbedder:
             return None
         if precision.endswith("-split"):
             return self._load_split(ox, key, precision[: -len("-split")], max_len, normalize)
-        workers = ox.document_workers() if precision == "int8" else 1  # int8 embeds documents only
+        workers = _batch_workers(ox, precision)
         if target.is_file():
             try:
                 return ox.OnnxEncoder(target, Path(self.path) / "tokenizer.json", max_len, normalize,
@@ -264,7 +271,7 @@ class SentenceTransformerEmbedder:
             try:
                 return ox.OnnxEncoder(graph, Path(self.path) / "tokenizer.json", max_len, normalize,
                                       word_table=table, optimized=True,
-                                      batch_workers=ox.document_workers() if base == "int8" else 1)
+                                      batch_workers=_batch_workers(ox, base))
             except Exception as e:  # noqa: BLE001 - damaged cache files: make them again
                 log.warning("cached ONNX embedder %s is unreadable (%s); making it again", graph, type(e).__name__)
         full = self._onnx.get(base)  # the caller holds _onnx_lock

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import IndexFormatError
-from .segments import SEGMENTS, TOMBSTONES, Segment, SegmentSpec, _load_npy, load_segment
+from .segments import SEGMENTS, TOMBSTONES, Segment, SegmentSpec, _load_npy, load_segment, term_major
 
 OVERFETCH_MAX = 512
 """A segment with at most this many tombstoned rows is searched with those ids excluded inside
@@ -371,12 +371,9 @@ class _Part:
             lengths.append(seg.doc_lengths if dead is None else seg.doc_lengths[~dead])
             ids.append(seg.ids if dead is None else seg.ids[~dead])
             base += live
-        t = np.concatenate(terms)
-        order = np.argsort(t, kind="stable")  # term-major; stable keeps each term's rows ascending
+        order, indptr = term_major(np.concatenate(terms), len(names))
         p = cls()
-        p.term_ids = names
-        p.indptr = np.zeros(len(names) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(t, minlength=len(names)), out=p.indptr[1:])
+        p.term_ids, p.indptr = names, indptr
         p.indices = np.concatenate(rows)[order].astype(np.int32)
         p.tf = np.concatenate(tfs)[order]
         p.doc_lengths, p.ids = np.concatenate(lengths), np.concatenate(ids)
@@ -389,18 +386,14 @@ def _where_in_sorted(values: np.ndarray, few: np.ndarray) -> np.ndarray:
     small): O(len(few) log len(values)), not a pass over ``values``."""
     if not values.size or not few.size:
         return np.zeros(0, np.int64)
-    few = few.astype(values.dtype, copy=False)  # else searchsorted casts all of values (a copy)
+    few = few.astype(values.dtype, copy=False)  # int32 postings: else searchsorted copies them to int64
     j = np.minimum(np.searchsorted(values, few), values.size - 1)
     return j[values[j] == few]
 
 
 def _count_in(values: np.ndarray, few: np.ndarray) -> int:
     """How many of ``few`` (ascending, small) occur in ``values`` (ascending)."""
-    if not values.size or not few.size:
-        return 0
-    few = few.astype(values.dtype, copy=False)  # int32 postings: else searchsorted copies them to int64
-    j = np.minimum(np.searchsorted(values, few), values.size - 1)
-    return int((values[j] == few).sum())
+    return int(_where_in_sorted(values, few).size)
 
 
 class _UnionTerms:

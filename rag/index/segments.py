@@ -191,6 +191,16 @@ class SegmentSpec:
         return cls(str(d["name"]), int(d["rows"]), int(d["min_id"]), int(d["max_id"]), str(d.get("dense", "flat")))
 
 
+def term_major(terms: np.ndarray, n_terms: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, indptr)`` that regroup postings listed row by row by term: ``order`` (p,) int64
+    a stable argsort of ``terms`` (p,) (so each term's rows stay ascending), ``indptr``
+    (n_terms + 1,) int64 where term t's postings are ``order[indptr[t]:indptr[t + 1]]``."""
+    order = np.argsort(terms, kind="stable")
+    indptr = np.zeros(n_terms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(terms, minlength=n_terms), out=indptr[1:])
+    return order, indptr
+
+
 def build_postings(texts: Sequence[str], bm25_config: Any) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
     """Term-major tf postings of ``texts`` (rows in order): ``(arrays, vocab, tokenizer dict)``.
     Tokenised exactly as :meth:`rag.index.sparse.BM25Index.build` does (shared
@@ -204,9 +214,7 @@ def build_postings(texts: Sequence[str], bm25_config: Any) -> tuple[dict[str, np
     vocab, terms, tf, per_doc, doc_lengths = count_terms(list(texts), tok)
     n = len(texts)
     if terms.size <= SMALL_POSTINGS:
-        order = np.argsort(terms, kind="stable")  # rows stay ascending within each term
-        term_indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(terms, minlength=len(vocab)), out=term_indptr[1:])
+        order, term_indptr = term_major(terms, len(vocab))
         rows = np.repeat(np.arange(n, dtype=np.int32), per_doc)
         arrays = {"indptr": term_indptr, "indices": rows[order], "tf": tf[order].astype(np.float32),
                   "doc_lengths": doc_lengths.astype(np.int32)}
