@@ -14,8 +14,10 @@ rebuild's bit for bit (``tests/test_segments.py`` checks 1e-5).
 
 Per-query cost does not grow with the number of segments beyond a few slices per segment and
 term: BM25 is one scoring pass over a global row space (segments' rows concatenated), and
-the small flat segments are searched as one fused FAISS flat index built once per generation
-(why and figures: ``docs/segments.md``).
+the small flat segments are searched as one fused flat index built once per generation
+(why and figures: ``docs/segments.md``). Flat segments (the manifest's ``dense: "flat"``) are
+searched in numpy over their memory-mapped ``vectors.npy``
+(:class:`~rag.index.dense.NumpyFlatIndex`); only HNSW segments use FAISS.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from .segments import SEGMENTS, TOMBSTONES, Segment, SegmentSpec, _load_npy, loa
 
 OVERFETCH_MAX = 512
 """A segment with at most this many tombstoned rows is searched with those ids excluded inside
-the search (``IDSelectorNot``: HNSW keeps its beam, so deleting a few rows costs nothing), or,
+the search (flat: their scores masked; HNSW: FAISS's ``IDSelectorNot``, the walk keeps its
+beam, so deleting a few rows costs nothing), or,
 should an HNSW walk come back short, for ``k + dead`` neighbours with the dead dropped; with
 more, its live ids become a filter."""
 FEW_DEAD = 4096
@@ -40,7 +43,7 @@ search (O(dead log P)) for the document frequencies; beyond it, a row mask is ga
 posting (O(P)). The first costs nothing measurable for a few deletions in a 1M-row segment."""
 FUSE_MAX_ROWS = 20_000
 """The smallest segments, while their rows add up to at most this many, are searched as one:
-one fused FAISS flat index over their live rows (30 MB of 384-d vectors at most, copied once
+one fused numpy flat index over their live rows (30 MB of 384-d vectors at most, copied once
 per generation) and one BM25 part with their live postings merged, so nine 100-row commits
 cost one search call and one posting lookup per query term, not nine; tombstones left out."""
 
@@ -144,11 +147,12 @@ class SegmentSet:
 
     # ------------------------------------------------------------------ dense
     def _fused_flat(self) -> tuple[Any, list[int], int, int] | None:
-        """``(DenseIndex over the live rows of the fused segments, their positions in
+        """``(NumpyFlatIndex over the live rows of the fused segments, their positions in
         :attr:`segments`, min id, max id)``, or None when fewer than two flat segments fit in
-        :data:`FUSE_MAX_ROWS`. Built on first use (FAISS files load lazily) and kept for the
-        generation. The stored vectors are copied as they are (not normalised again), so
-        scores equal each segment's own flat search bit for bit."""
+        :data:`FUSE_MAX_ROWS`. Built on first use and kept for the generation. The stored
+        vectors (``vectors.npy``) are copied as they are (not normalised again), and numpy
+        scores each row independently of its position, so scores equal each segment's own
+        flat search bit for bit."""
         if self._fused is None:
             with self._fused_lock:
                 if self._fused is None:
@@ -156,7 +160,7 @@ class SegmentSet:
         return self._fused or None
 
     def _build_fused(self):
-        from .dense import DenseIndex
+        from .dense import NumpyFlatIndex
 
         members = _smallest_first([(seg.rows, i) for i, (spec, seg) in enumerate(zip(self.specs, self.segments))
                                    if spec.dense == "flat" and seg.rows])
@@ -164,15 +168,11 @@ class SegmentSet:
             return ()
         vecs, ids = [], []
         for i in members:
-            dense = self.segments[i].dense
-            if dense.kind != "flat":
-                return ()
-            stored = dense._storage()
+            stored = self.segments[i].flat.vectors  # memory-mapped vectors.npy
             dead = self.dead[i]
             vecs.append(stored if dead is None else stored[~dead])
             ids.append(self.live_ids(i))
-        fused = DenseIndex.empty(self.segments[members[0]].dense.dim, "flat")
-        fused.add_normalized(np.concatenate(vecs), np.concatenate(ids))
+        fused = NumpyFlatIndex(np.concatenate(vecs), np.concatenate(ids))
         return (fused, members, int(self.specs[members[0]].min_id), int(self.specs[members[-1]].max_id))
 
     def dense_search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None
@@ -180,7 +180,8 @@ class SegmentSet:
         """Like :meth:`rag.index.dense.DenseIndex.search` over the live rows of every segment:
         ``(scores (m, k) float32, ids (m, k) int64)``, best first, padded with -inf / -1.
         Searches the fused small flat segments (:meth:`_fused_flat`) with one call and every
-        other segment with its own index; the top ``k`` of all, ties by id."""
+        other segment with its own index (:meth:`Segment.searcher`: numpy for a flat segment,
+        FAISS for HNSW); the top ``k`` of all, ties by id."""
         q = np.asarray(queries, dtype=np.float32)
         q = q.reshape(1, -1) if q.ndim == 1 else q
         m, k = q.shape[0], int(top_k)
@@ -203,17 +204,18 @@ class SegmentSet:
         for i, (spec, seg) in enumerate(zip(self.specs, self.segments)):
             if i in skip:
                 continue
+            dense = seg.searcher(spec.dense)
             dead = self.dead[i]
             if allowed is not None:
                 lo, hi = np.searchsorted(allowed, [spec.min_id, spec.max_id + 1])
                 sub = allowed[lo:hi]
                 if sub.size == 0:
                     continue
-                s, ids = seg.dense.search(q, min(k, int(sub.size)), allowed_ids=sub)
+                s, ids = dense.search(q, min(k, int(sub.size)), allowed_ids=sub)
             elif dead is None:
                 if seg.rows == 0:
                     continue
-                s, ids = seg.dense.search(q, min(k, seg.rows))
+                s, ids = dense.search(q, min(k, seg.rows))
             else:
                 dead_rows = self.dead_pos[i]  # precomputed: no per-query pass over the segment
                 n_dead = int(dead_rows.size)
@@ -222,13 +224,13 @@ class SegmentSet:
                     continue
                 if n_dead <= OVERFETCH_MAX:
                     kk = min(k, live)
-                    s, ids = seg.dense.search(q, kk, excluded_ids=self.dead_ids(i))
+                    s, ids = dense.search(q, kk, excluded_ids=self.dead_ids(i))
                     if ((ids >= 0).sum(axis=1) < kk).any():  # an HNSW walk came back short: overfetch
-                        s, ids = seg.dense.search(q, min(k + n_dead, seg.rows))
+                        s, ids = dense.search(q, min(k + n_dead, seg.rows))
                         gone = np.isin(ids, self.dead_ids(i))
                         s, ids = np.where(gone, -np.inf, s).astype(np.float32), np.where(gone, -1, ids)
                 else:
-                    s, ids = seg.dense.search(q, min(k, live), allowed_ids=self.live_ids(i))
+                    s, ids = dense.search(q, min(k, live), allowed_ids=self.live_ids(i))
             all_s.append(s)
             all_i.append(ids)
         out_s = np.full((m, k), -np.inf, dtype=np.float32)

@@ -23,7 +23,9 @@ Ids only grow and merges take adjacent runs, so segments hold disjoint ascending
 
 Search (:mod:`rag.index.segment_search`) runs dense and BM25 over every segment: BM25 with the
 *global* N, document frequencies and average length over live chunks, so scores equal those of
-one index rebuilt over the same chunks.
+one index rebuilt over the same chunks. Dense search reads ``dense.faiss`` only for HNSW
+segments; a flat one is searched exactly in numpy over its memory-mapped ``vectors.npy``
+(:attr:`Segment.flat`), so a process searching only flat segments never imports FAISS.
 
 Garbage collection (:func:`collect_garbage`): a segment folder is removed only when no kept
 ``gen-*`` folder lists it in ``segments.json``, so older generations (``rag versions``,
@@ -86,7 +88,8 @@ class Segment:
 
     ``ids`` (n,) int64 ascending; ``doc_lengths`` (n,) int32; the posting arrays as in the
     module docstring; ``term_ids`` term -> row of ``indptr``. The FAISS index loads on first
-    use (:attr:`dense`); vectors are memory-mapped on request (:meth:`vectors`).
+    use (:attr:`dense`); vectors are memory-mapped on request (:meth:`vectors`), and a flat
+    segment is searched over them in numpy (:attr:`flat`, :meth:`searcher`) without FAISS.
     Raises IndexFormatError naming the bad file.
     """
 
@@ -122,6 +125,7 @@ class Segment:
         self.term_ids = {t: i for i, t in enumerate(vocab)}
         self.total_length = int(self.doc_lengths.sum(dtype=np.int64))
         self._dense = None
+        self._flat = None
         self._lock = threading.Lock()
 
     @property
@@ -141,6 +145,25 @@ class Segment:
                         raise IndexFormatError(str(self.dir / DENSE), f"holds {d.ntotal} vectors for {self.rows} rows")
                     self._dense = d
         return self._dense
+
+    @property
+    def flat(self):
+        """A :class:`~rag.index.dense.NumpyFlatIndex` over the memory-mapped :meth:`vectors`
+        and :attr:`ids` (made once): exact search for a segment the manifest lists as
+        ``"flat"``, with the results of its FAISS flat index but no FAISS import or read. The
+        mapping keeps the file readable after a later commit collects the folder."""
+        if self._flat is None:
+            with self._lock:
+                if self._flat is None:
+                    from .dense import NumpyFlatIndex
+
+                    self._flat = NumpyFlatIndex(self.vectors(), self.ids)
+        return self._flat
+
+    def searcher(self, kind: str):
+        """What dense search uses for this segment given its manifest ``kind``
+        (:attr:`SegmentSpec.dense`): :attr:`flat` for ``"flat"``, :attr:`dense` (FAISS) else."""
+        return self.flat if kind == "flat" else self.dense
 
     def vectors(self) -> np.ndarray:
         """(n, dim) float32 memory-mapped stored vectors, rows as :attr:`ids`."""

@@ -166,9 +166,10 @@ class IndexStore:
         """Open the current generation.
 
         Checks format and version, that every file is present with its size and (cheap)
-        checksum, and that docstore, FAISS and BM25 counts agree. ``full_check`` hashes every
-        file and cross-checks ids. Raises IndexNotFoundError or IndexFormatError (one line,
-        naming the file).
+        checksum, and that docstore, FAISS and BM25 counts agree (a segmented generation's flat
+        segments, searched over ``vectors.npy``, have their FAISS files read only with
+        ``full_check``). ``full_check`` hashes every file and cross-checks ids. Raises
+        IndexNotFoundError or IndexFormatError (one line, naming the file).
         """
         if not self.dir.is_dir() or not self.exists():
             if self.dir.is_dir() and any(self.dir.glob("gen-*")):
@@ -197,9 +198,14 @@ class IndexStore:
                 snap.dense
                 snap.sparse
                 if snap.segmented:  # load every segment now: a later commit may collect its folder
-                    snap.segment_set.check(n, gen_dir / DOCSTORE)
-                    for seg in snap.segment_set.segments:
-                        seg.dense  # noqa: B018
+                    segs = snap.segment_set
+                    segs.check(n, gen_dir / DOCSTORE)
+                    for spec, seg in zip(segs.specs, segs.segments):
+                        # flat: vectors.npy memory-mapped (readable after collection), no FAISS;
+                        # HNSW, and every segment for a full check: dense.faiss read and counted
+                        seg.searcher(spec.dense)
+                        if full_check:
+                            seg.dense  # noqa: B018
                         seg.vectors()
                 else:
                     vec = snap.vectors()
