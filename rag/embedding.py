@@ -92,6 +92,13 @@ SciFact nDCG@10 in README for retrieval quality)."""
 DOCUMENT_BACKENDS = ("auto", "onnx-fp32", "onnx-int8", "torch")
 
 
+NUMPY_QUERY_MAX_TOKENS = 128
+"""Longest text (word pieces) :meth:`SentenceTransformerEmbedder.embed_query` runs on the numpy
+encoder in a process without ONNX Runtime loaded: where one cold numpy run (about 45 ms to load,
+107 ms for 128 word pieces) stops beating loading ONNX Runtime (about 140 ms) plus its run (32 ms)
+(``benchmarks/results/query_embedding.md``)."""
+
+
 def _batch_workers(ox, precision: str) -> int:
     """Batches an ONNX encoder of ``precision`` runs at once: the int8 graph embeds documents
     only (throughput: :func:`rag.onnx_embedding.document_workers`); the fp32 one serves queries
@@ -121,6 +128,8 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
         self._onnx: dict[str, object] = {}  # precision -> OnnxEncoder, or False: unavailable
         self._onnx_lock = threading.Lock()
+        self._numpy = None  # the checked NumpyBertEncoder, False: unavailable, None: not tried
+        self._numpy_lock = threading.Lock()
         name = "all-MiniLM-L6-v2" if self.config.model == DEFAULT_EMBEDDER else self.config.model
         fp = _folder_fingerprint(self.path)
         self.model_id = f"{name}@{fp}" if fp else name
@@ -324,10 +333,52 @@ class SentenceTransformerEmbedder:
         got = self._onnx_encode("fp32", texts)
         return got if got is not None else self._torch_encode(texts)
 
+    def numpy_query_encoder(self):
+        """The :class:`rag.numpy_encoder.NumpyBertEncoder` of this model once it has agreed with
+        the reference query encoder (:func:`rag.numpy_encoder.checked`; the first time per model
+        and machine this loads ONNX Runtime or PyTorch to compare), or None when the model is
+        not one it restates or ``config.query_backend`` is not "auto"."""
+        got = self._numpy
+        if got is None:
+            with self._numpy_lock:
+                got = self._numpy
+                if got is None:
+                    got = self._load_numpy() or False
+                    self._numpy = got
+        return got or None
+
+    def _load_numpy(self):
+        if getattr(self.config, "query_backend", "auto") != "auto" or not Path(self.path).is_dir():
+            return None
+        from . import numpy_encoder
+        from .onnx_embedding import cache_dir, plain_mean_pooling_model, weights_key
+
+        plain = plain_mean_pooling_model(self.path)
+        enc = numpy_encoder.load(self.path, *plain) if plain is not None else None
+        if enc is None:
+            return None
+        try:
+            key = weights_key(self.path, self.model_id)
+        except OSError:
+            return None
+        return enc if numpy_encoder.checked(enc, key, self.embed_queries, cache_dir()) else None
+
     def embed_query(self, text: str) -> np.ndarray:
         """(dim,) float32, L2-normalised, on the fp32 query encoder (ONNX Runtime: same vectors
         as PyTorch, 3-4x faster for one text, no PyTorch loaded; see :mod:`rag.onnx_embedding`),
-        PyTorch only when ONNX Runtime cannot run the model."""
+        PyTorch only when ONNX Runtime cannot run the model.
+
+        Until this process has loaded that encoder, a text of at most
+        :data:`NUMPY_QUERY_MAX_TOKENS` word pieces runs on :meth:`numpy_query_encoder` instead
+        (the same vectors within 1e-4, no ONNX Runtime import or session: about 100 ms less
+        before a one-shot ``rag search`` has its vector, a few ms more per query after that).
+        A server loads the ONNX encoder at warm-up, so its queries take the faster run."""
+        if not self._onnx.get("fp32-split"):
+            fast = self.numpy_query_encoder()
+            if fast is not None:
+                ids, types = fast.tokenize(text)
+                if ids.shape[0] <= NUMPY_QUERY_MAX_TOKENS or self.query_encoder() is None:
+                    return fast.encode_tokens(ids, types)
         enc = self.query_encoder()
         if enc is not None:
             try:

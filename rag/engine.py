@@ -150,6 +150,9 @@ class QueryEngine:
         t = time.perf_counter()
         emb = self.embedder
         emb.embed_documents(["warm up"])
+        batch = getattr(emb, "embed_queries", None)
+        if batch is not None:  # loads the ONNX query encoder, which embed_query then prefers
+            batch(["warm up"])
         emb.embed_query("warm up")
         out["embedder_s"] = time.perf_counter() - t
         t = time.perf_counter()
