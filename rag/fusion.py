@@ -133,7 +133,10 @@ def convex(results: Sequence[tuple[np.ndarray, np.ndarray] | None], weights: Seq
     present = [p for p in per_list if p is not None]
     if not present:
         return []
-    all_ids = np.unique(np.concatenate([p[0] for p in present]))
+    all_ids = np.sort(np.concatenate([p[0] for p in present]))
+    keep = np.ones(all_ids.size, dtype=bool)
+    keep[1:] = all_ids[1:] != all_ids[:-1]
+    all_ids = all_ids[keep]  # np.unique, without its first-call import of numpy.ma (8 ms)
     total = np.zeros(all_ids.size, dtype=np.float64)
     for p, w in zip(per_list, weights):
         if p is None:

@@ -22,6 +22,7 @@ posting lists cost, not the corpus size. Chunk ids are arbitrary int64 kept in `
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -63,7 +64,12 @@ _CJK = (
 )
 _CJK_RE = re.compile(f"[{_CJK}]")
 _WORD_RE = re.compile(f"[^\\W{_CJK}]+")  # Unicode word characters, CJK excluded
-_PIECE_RE = re.compile(f"[{_CJK}]+|[^\\W{_CJK}]+")
+
+
+@functools.cache
+def _piece_re() -> re.Pattern[str]:
+    """CJK runs or other word runs; compiled on first CJK text (4 ms, not paid by every start)."""
+    return re.compile(f"[{_CJK}]+|[^\\W{_CJK}]+")
 
 _STEM_CACHE_MAX = 2_000_000
 
@@ -149,7 +155,7 @@ class BM25Tokenizer:
         if _CJK_RE.search(text) is None:  # fast path: no CJK in the text
             return [w for w in _WORD_RE.findall(text) if w not in stop]
         out: list[str] = []
-        for piece in _PIECE_RE.findall(text):
+        for piece in _piece_re().findall(text):
             if _CJK_RE.match(piece):
                 out.extend(piece)  # unigrams
                 out.extend(piece[i:i + 2] for i in range(len(piece) - 1))  # bigrams
