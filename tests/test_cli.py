@@ -101,6 +101,29 @@ def test_search_json_has_sources_and_positions(tmp_path, mini_corpus):
     assert r.returncode == 2 and "--filter" in r.stderr
 
 
+def test_search_ends_without_teardown_but_writes_everything(tmp_path, mini_corpus):
+    """A finished `rag search` ends with os._exit (no interpreter teardown): its whole output
+    still arrives, through a pipe and into a file, and atexit handlers do not run."""
+    idx = tmp_path / "idx"
+    assert rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "testing:hash-64").returncode == 0
+    r = rag("search", "HTTP/2 server push", "--index", str(idx), "--top-k", "5")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 10 and [ln.split(".", 1)[0].strip() for ln in lines[::2]] == ["1", "2", "3", "4", "5"]
+    out = tmp_path / "out.txt"
+    code = ("import atexit, sys; atexit.register(lambda: open(sys.argv[1] + '.atexit', 'w').close())\n"
+            "from rag.cli import main\nsys.argv = ['rag', 'search', 'HTTP/2', '--index', sys.argv[2], '--json']\nmain()")
+    with open(out, "w") as fh:
+        p = subprocess.run([sys.executable, "-c", code, str(out), str(idx)], stdout=fh, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(out.read_text())["hits"]) == 5
+    assert not Path(str(out) + ".atexit").exists()  # ended before interpreter shutdown
+    # an error still goes the normal way: one line, exit status 1
+    r = rag("search", "x", "--index", str(tmp_path / "none"))
+    assert r.returncode == 1 and r.stderr.startswith("rag: error:")
+
+
 def test_one_time_preparation_notices_reach_the_terminal_without_verbose(tmp_path, capsys):
     """The generator's first load on a machine logs to ``rag.setup``; the CLI shows those
     notices as ``rag: ...`` lines on stderr even without -v (other library logs stay quiet)."""
