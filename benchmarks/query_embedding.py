@@ -45,8 +45,8 @@ print(time.perf_counter() - t, "onnxruntime" in sys.modules)
 
 def cold(query: str, runs: int) -> None:
     """Print the median seconds from the embedder import to the first vector in new processes."""
-    print(f"\nCold: a new process imports the embedder and embeds one query ({runs} processes each, "
-          "median; module imports before the embedder's, numpy included, are not counted)\n")
+    print(f"\nCold: a new process imports rag.embedding (numpy included) and embeds one query ({runs} "
+          "processes each, median; interpreter start-up not counted)\n")
     print("| encoder | to first vector, median ms | max ms | imports onnxruntime |\n|---|---|---|---|")
     for name, which in (("numpy (default in a new process)", "numpy"), ("ONNX Runtime", "onnx")):
         subprocess.run([sys.executable, "-c", _COLD, which, query], check=True, capture_output=True)  # priming
