@@ -93,10 +93,10 @@ DOCUMENT_BACKENDS = ("auto", "onnx-fp32", "onnx-int8", "torch")
 
 
 NUMPY_QUERY_MAX_TOKENS = 128
-"""Longest text (word pieces) :meth:`SentenceTransformerEmbedder.embed_query` runs on the numpy
-encoder in a process without ONNX Runtime loaded: where one cold numpy run (about 45 ms to load,
-107 ms for 128 word pieces) stops beating loading ONNX Runtime (about 140 ms) plus its run (32 ms)
-(``benchmarks/results/query_embedding.md``)."""
+"""Longest first query (word pieces) :meth:`SentenceTransformerEmbedder.embed_query` runs on the
+numpy encoder in a process without ONNX Runtime loaded: near where the numpy run's extra time over
+ONNX Runtime's (68 ms at 128 word pieces, 174 ms at 256) reaches what loading ONNX Runtime costs
+over mapping the numpy weights (about 75 ms) (``benchmarks/results/query_embedding.md``)."""
 
 
 def _batch_workers(ox, precision: str) -> int:
@@ -130,6 +130,7 @@ class SentenceTransformerEmbedder:
         self._onnx_lock = threading.Lock()
         self._numpy = None  # the checked NumpyBertEncoder, False: unavailable, None: not tried
         self._numpy_lock = threading.Lock()
+        self._numpy_used = False  # the numpy pass serves a process's first query only (embed_query)
         name = "all-MiniLM-L6-v2" if self.config.model == DEFAULT_EMBEDDER else self.config.model
         fp = _folder_fingerprint(self.path)
         self.model_id = f"{name}@{fp}" if fp else name
@@ -368,16 +369,18 @@ class SentenceTransformerEmbedder:
         as PyTorch, 3-4x faster for one text, no PyTorch loaded; see :mod:`rag.onnx_embedding`),
         PyTorch only when ONNX Runtime cannot run the model.
 
-        Until this process has loaded that encoder, a text of at most
-        :data:`NUMPY_QUERY_MAX_TOKENS` word pieces runs on :meth:`numpy_query_encoder` instead
-        (the same vectors within 1e-4, no ONNX Runtime import or session: about 100 ms less
-        before a one-shot ``rag search`` has its vector, a few ms more per query after that).
-        A server loads the ONNX encoder at warm-up, so its queries take the faster run."""
-        if not self._onnx.get("fp32-split"):
+        The first query of a process that has not loaded that encoder, if at most
+        :data:`NUMPY_QUERY_MAX_TOKENS` word pieces long, runs on :meth:`numpy_query_encoder`
+        instead (the same vectors within 1e-4, no ONNX Runtime import or session: about 75 ms
+        sooner for a one-shot ``rag search``); the second loads the ONNX encoder, which runs a
+        query 2-4x faster than numpy (``benchmarks/results/query_embedding.md``). A server
+        loads it at warm-up."""
+        if not self._numpy_used and not self._onnx.get("fp32-split"):
+            self._numpy_used = True  # a race lets two first queries both take numpy: harmless
             fast = self.numpy_query_encoder()
             if fast is not None:
                 ids, types = fast.tokenize(text)
-                if ids.shape[0] <= NUMPY_QUERY_MAX_TOKENS or self.query_encoder() is None:
+                if ids.shape[0] <= NUMPY_QUERY_MAX_TOKENS:
                     return fast.encode_tokens(ids, types)
         enc = self.query_encoder()
         if enc is not None:
