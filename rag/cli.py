@@ -261,7 +261,11 @@ as_option = click.option("--as", "groups", multiple=True, help="Caller's access 
 def search(ctx, query, index, mode, top_k, fusion, rerank, filters, groups, as_json, at_gen):
     """Print the chunks that best match QUERY, with score, source and snippet."""
     from .cli_ops import pin_generation
+    from .embedding import use_numpy_for_first_query
     from .pipeline import display_source
+
+    if ctx.obj.get("one_shot"):  # the rag executable: one query, then exit
+        use_numpy_for_first_query()
 
     flt = _parse_filters(filters)  # a bad flag is reported before the index is opened
     rag = pin_generation(_open(ctx, index, {"retrieval": {"fusion": fusion, "reranker": rerank}}), at_gen)
@@ -552,12 +556,14 @@ def _exit_without_teardown() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the click group, turning RagError into one-line errors.
-    Called without ``argv`` (the ``rag`` executable), a read-only command that succeeded ends
-    the process without interpreter teardown (:func:`_exit_without_teardown`)."""
+    Called without ``argv`` (the ``rag`` executable, one command per process), ``rag search``
+    embeds its query on the numpy pass (:func:`rag.embedding.use_numpy_for_first_query`) and a
+    read-only command that succeeded ends the process without interpreter teardown
+    (:func:`_exit_without_teardown`); called with ``argv`` (in-process), neither."""
     from .errors import RagError
 
     try:
-        result = cli.main(args=argv, prog_name="rag", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="rag", standalone_mode=False, obj={"one_shot": argv is None})
         if result is READ_ONLY_DONE and argv is None:
             _exit_without_teardown()
     except click.exceptions.Abort:

@@ -92,6 +92,20 @@ SciFact nDCG@10 in README for retrieval quality)."""
 DOCUMENT_BACKENDS = ("auto", "onnx-fp32", "onnx-int8", "torch")
 
 
+_ONE_SHOT = False  # set once at start-up by one-shot commands (use_numpy_for_first_query)
+
+
+def use_numpy_for_first_query() -> None:
+    """Declare this process one-shot: its first query of at most :data:`NUMPY_QUERY_MAX_TOKENS`
+    word pieces is embedded by the numpy pass (:meth:`SentenceTransformerEmbedder.numpy_query_encoder`),
+    which has its vector about 75 ms sooner than loading ONNX Runtime would. ``rag search`` calls
+    it at start-up. A process that does not (a library user, a server) embeds every query on one
+    encoder, so the same query always gets the same vector (the numpy pass agrees with ONNX
+    Runtime to 1e-7, not bit for bit)."""
+    global _ONE_SHOT
+    _ONE_SHOT = True
+
+
 NUMPY_QUERY_MAX_TOKENS = 128
 """Longest first query (word pieces) :meth:`SentenceTransformerEmbedder.embed_query` runs on the
 numpy encoder in a process without ONNX Runtime loaded: near where the numpy run's extra time over
@@ -130,7 +144,7 @@ class SentenceTransformerEmbedder:
         self._onnx_lock = threading.Lock()
         self._numpy = None  # the checked NumpyBertEncoder, False: unavailable, None: not tried
         self._numpy_lock = threading.Lock()
-        self._numpy_used = False  # the numpy pass serves a process's first query only (embed_query)
+        self._numpy_used = False  # the numpy pass serves a one-shot process's first query only
         name = "all-MiniLM-L6-v2" if self.config.model == DEFAULT_EMBEDDER else self.config.model
         fp = _folder_fingerprint(self.path)
         self.model_id = f"{name}@{fp}" if fp else name
@@ -369,13 +383,13 @@ class SentenceTransformerEmbedder:
         as PyTorch, 3-4x faster for one text, no PyTorch loaded; see :mod:`rag.onnx_embedding`),
         PyTorch only when ONNX Runtime cannot run the model.
 
-        The first query of a process that has not loaded that encoder, if at most
-        :data:`NUMPY_QUERY_MAX_TOKENS` word pieces long, runs on :meth:`numpy_query_encoder`
-        instead (the same vectors within 1e-4, no ONNX Runtime import or session: about 75 ms
-        sooner for a one-shot ``rag search``); the second loads the ONNX encoder, which runs a
-        query 2-4x faster than numpy (``benchmarks/results/query_embedding.md``). A server
-        loads it at warm-up."""
-        if not self._numpy_used and not self._onnx.get("fp32-split"):
+        In a one-shot process (:func:`use_numpy_for_first_query`, e.g. ``rag search``) the
+        first query, if at most :data:`NUMPY_QUERY_MAX_TOKENS` word pieces long and the ONNX
+        encoder is not loaded yet, runs on :meth:`numpy_query_encoder` instead (the same
+        vectors within 1e-4, no ONNX Runtime import or session: about 75 ms sooner); any later
+        query loads the ONNX encoder, 2-4x faster per query than numpy
+        (``benchmarks/results/query_embedding.md``)."""
+        if _ONE_SHOT and not self._numpy_used and not self._onnx.get("fp32-split"):
             self._numpy_used = True  # a race lets two first queries both take numpy: harmless
             fast = self.numpy_query_encoder()
             if fast is not None:

@@ -120,11 +120,13 @@ def test_check_is_remembered_and_a_disagreeing_encoder_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cold_first_query_runs_without_onnxruntime_and_later_ones_on_it(tmp_path):
+def test_a_one_shot_first_query_runs_without_onnxruntime_and_later_ones_on_it(tmp_path):
     pytest.importorskip("onnxruntime")
     code = (
         "import sys, json, numpy as np\n"
-        "from rag.embedding import SentenceTransformerEmbedder\n"
+        "from rag.embedding import SentenceTransformerEmbedder, use_numpy_for_first_query\n"
+        "if sys.argv[2] == 'one-shot':\n"
+        "    use_numpy_for_first_query()\n"
         "e = SentenceTransformerEmbedder()\n"
         "first = e.embed_query(sys.argv[1])\n"
         "cold = 'onnxruntime' in sys.modules\n"
@@ -133,8 +135,8 @@ def test_a_cold_first_query_runs_without_onnxruntime_and_later_ones_on_it(tmp_pa
         " 'diff': float(np.abs(first - second).max()), 'norm': float(np.linalg.norm(first))}))\n"
     )
 
-    def run(query):
-        out = subprocess.run([sys.executable, "-c", code, query], capture_output=True, text=True, check=True)
+    def run(query, mode="one-shot"):
+        out = subprocess.run([sys.executable, "-c", code, query, mode], capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     # the first process on a machine (unless an earlier test did it) checks the numpy encoder
@@ -147,4 +149,26 @@ def test_a_cold_first_query_runs_without_onnxruntime_and_later_ones_on_it(tmp_pa
     assert short["ort_after_second"] is True
     assert short["diff"] < 1e-5 and abs(short["norm"] - 1.0) < 1e-5
     long = run("zlib " * 200)  # longer than NUMPY_QUERY_MAX_TOKENS: ONNX Runtime from the first query
-    assert long["cold_ort"] is True and long["diff"] < 1e-6
+    assert long["cold_ort"] is True and long["diff"] == 0.0
+    library = run("adler-32 checksum", mode="library")  # not one-shot: one encoder for every query
+    assert library["cold_ort"] is True and library["diff"] == 0.0  # the same query, the same vector
+
+
+@pytest.mark.slow
+def test_rag_search_imports_neither_onnxruntime_nor_faiss(corpora_index):
+    """The cold path a one-shot `rag search` takes on a small (flat) index: the numpy query pass
+    and numpy flat search, so neither ONNX Runtime nor FAISS is imported; the hits are the
+    same as an in-process search's (which uses ONNX Runtime)."""
+    from rag import RAG
+
+    run = lambda: subprocess.run([sys.executable, "-X", "importtime", "-m", "rag", "search", "adler-32 checksum",  # noqa: E731
+                                  "--index", str(corpora_index), "--json"], capture_output=True, text=True, timeout=300)
+    run()  # the first process may check the numpy pass against ONNX Runtime once
+    r = run()
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "numpy" in imported and "onnxruntime" not in imported and "faiss" not in imported
+    hits = json.loads(r.stdout)["hits"]
+    want = RAG.open(corpora_index).search("adler-32 checksum", top_k=len(hits))
+    assert [h["chunk_id"] for h in hits] == [h.chunk.id for h in want]
+    assert np.allclose([h["score"] for h in hits], [h.score for h in want], atol=1e-5)
