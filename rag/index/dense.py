@@ -299,14 +299,7 @@ class DenseIndex:
         Raises ValueError on a wrong query dimension or ``top_k < 1``.
         """
         faiss = _faiss()
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, not {top_k}")
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q.reshape(1, -1)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (m, {self.dim}), not {np.shape(queries)}")
-        q = _normalized(q)
+        q = _query_matrix(queries, top_k, self.dim)
         m, k = q.shape[0], int(top_k)
         if allowed_ids is None:
             if self.ntotal == 0:
@@ -459,14 +452,7 @@ class NumpyFlatIndex:
     def search(self, queries: np.ndarray, top_k: int, allowed_ids: np.ndarray | None = None,
                excluded_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours by cosine; the contract is the class docstring's."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, not {top_k}")
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q.reshape(1, -1)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (m, {self.dim}), not {np.shape(queries)}")
-        q = _normalized(q)
+        q = _query_matrix(queries, top_k, self.dim)
         m, k = q.shape[0], int(top_k)
         scores, ids = _padded(m, k)
         if self.ntotal == 0:
@@ -506,6 +492,19 @@ def _top_k(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
         pick = np.arange(a)
     pick = pick[np.lexsort((ids[pick], -sims[pick]))[:k]]
     return sims[pick], ids[pick]
+
+
+def _query_matrix(queries: np.ndarray, top_k: int, dim: int) -> np.ndarray:
+    """(m, dim) float32 L2-normalised copy of ``queries`` ((m, dim) or (dim,)); ValueError on
+    another shape or ``top_k < 1``."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, not {top_k}")
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must have shape (m, {dim}), not {np.shape(queries)}")
+    return _normalized(q)
 
 
 def _padded(m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
