@@ -237,7 +237,8 @@ def _print_ingest(r) -> None:
         f"{len(docs_dups)} duplicate document(s) and {len(chunk_dups)} duplicate chunk(s) kept as aliases; "
         + (f"{len(r.revived)} alias(es) restored; " if r.revived else "")
         + (f"{r.truncated} chunk title(s) cut to the embedder's limit; " if r.truncated else "")
-        + f"index {r.index_dir}: {r.total_documents} documents, {r.total_chunks} chunks; {r.seconds:.1f} s")
+        + f"index {r.index_dir}: {r.total_documents} documents, {r.total_chunks} chunks; {r.seconds:.1f} s"
+        + (f" (commit {r.commit_seconds:.2f} s)" if r.changed else ""))
 
 
 # ---- search / ask ---------------------------------------------------------------------------

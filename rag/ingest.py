@@ -51,7 +51,9 @@ class IngestReport:
     ``duplicates``: alias links made in this run (``key``, ``kept_key``, ``kind``,
     ``similarity``, ``level``). ``revived``: documents processed again from their stored text
     because the document they duplicated changed or went. ``truncated``: chunks whose title
-    prefix was cut to fit the embedder's limit.
+    prefix was cut to fit the embedder's limit. ``seconds``: the whole run; ``commit_seconds``:
+    the index commit alone (new segment, tombstones, docstore and manifest written and synced;
+    merges due at that commit included).
     """
 
     index_dir: str
@@ -74,6 +76,7 @@ class IngestReport:
     total_chunks: int = 0
     generation: int = 0
     seconds: float = 0.0
+    commit_seconds: float = 0.0
 
     @property
     def failed(self) -> bool:
@@ -81,9 +84,10 @@ class IngestReport:
         return self.files_seen > 0 and self.files_ingested == 0 and self.files_unchanged == 0 and not self.files_removed \
             and len(self.skipped) >= self.files_seen
 
-    def committed(self, manifest: Mapping[str, Any], t_start: float) -> "IngestReport":
+    def committed(self, manifest: Mapping[str, Any], t_start: float, commit_seconds: float) -> "IngestReport":
         """Fill in the totals of the state just committed; returns self."""
         self.changed = True
+        self.commit_seconds = commit_seconds
         self.total_documents = manifest["counts"]["documents"]
         self.total_chunks = manifest["counts"]["chunks"]
         self.generation = manifest["generation"]
@@ -297,8 +301,10 @@ class Indexer:
                 w.put_file(f)
                 report.files_ingested += 1
             report.files_removed = sorted(removed)
+            t_commit = time.perf_counter()
             manifest = w.commit()
-        return report.committed(manifest, t_start)
+            t_commit = time.perf_counter() - t_commit
+        return report.committed(manifest, t_start, t_commit)
 
     def delete(self, sources: Sequence[str], *, wait_s: float = 0.0) -> IngestReport:
         """Remove the files matching ``sources`` (paths, folders or globs, relative to the
@@ -320,8 +326,10 @@ class Indexer:
                 return self._unchanged(report, base, t0)
             self._apply(w, base, iter(()), matched, (), (), report, None)
             report.files_removed = matched
+            t_commit = time.perf_counter()
             manifest = w.commit()
-        return report.committed(manifest, t0)
+            t_commit = time.perf_counter() - t_commit
+        return report.committed(manifest, t0, t_commit)
 
     # ---- internals ------------------------------------------------------------------------------
     def _unchanged(self, report: IngestReport, base, t_start: float) -> IngestReport:

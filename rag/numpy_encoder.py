@@ -223,7 +223,7 @@ def load(folder: str | Path, max_seq_length: int, normalize: bool) -> NumpyBertE
         weights = read_safetensors(p / "model.safetensors")
         weights = {k.removeprefix("bert."): v for k, v in weights.items()}
         return NumpyBertEncoder(weights, config, p / "tokenizer.json", max_seq_length, normalize)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:  # ImportError: no tokenizers
         log.debug("numpy encoder: %s: %s", p, e)
         return None
 

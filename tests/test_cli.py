@@ -71,11 +71,13 @@ def test_ingest_json_and_exit_codes(tmp_path, mini_corpus):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["files_ingested"] == 5 and rep["total_chunks"] > 5
+    assert 0 < rep["commit_seconds"] < rep["seconds"]  # the commit alone, part of the whole run
     reasons = {Path(s["source"]).name: s["reason"] for s in rep["skipped"]}
     assert set(reasons) == {"empty.txt", "blob.bin"} and all(reasons.values())
     # unchanged re-run: exit 0, nothing embedded
     r2 = rag("ingest", str(mini_corpus), "--index", str(idx), "--embedder", "testing:hash-64", "--json")
     assert r2.returncode == 0 and json.loads(r2.stdout)["chunks_embedded"] == 0
+    assert json.loads(r2.stdout)["commit_seconds"] == 0.0  # nothing changed: no commit
     # only failures: exit 1 with a summary, not a traceback
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -68,7 +68,7 @@ def _state(index_dir: Path, report, root: Path) -> dict:
         ids = sorted(int(i) for i in reader.snapshot.docstore.chunk_ids())
         chunks = [(c.id, c.doc_id, c.ordinal, c.start, c.end, c.text) for c in reader.chunks(ids)]
         vectors = np.asarray(reader.vectors(), dtype=np.float32).copy()
-    rep = {k: v for k, v in report.to_dict().items() if k not in ("seconds", "index_dir")}
+    rep = {k: v for k, v in report.to_dict().items() if k not in ("seconds", "commit_seconds", "index_dir")}
     text = json.dumps({"docs": docs, "chunks": chunks, "report": rep}).replace(str(root), "R")
     return {"json": json.loads(text), "vectors": vectors}
 
