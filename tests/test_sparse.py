@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from rag.config import BM25Config
 from rag.errors import IndexFormatError
-from rag.index.sparse import LUCENE_ENGLISH_STOPWORDS, BM25Index, BM25Tokenizer, spelling_variants
+from rag.index.analysis import LUCENE_ENGLISH_STOPWORDS, BM25Tokenizer, spelling_variants
+from rag.index.sparse import BM25Index
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCIFACT = DATA / "beir-scifact"

@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import IndexFormatError
-from .segments import SEGMENTS, TOMBSTONES, Segment, SegmentSpec, _load_npy, load_segment, term_major
+from .segment import SEGMENTS, TOMBSTONES, Segment, _load_npy, load_segment
+from .segments import SegmentSpec, term_major
 
 OVERFETCH_MAX = 512
 """A segment with at most this many tombstoned rows is searched with those ids excluded inside
@@ -109,7 +110,7 @@ class SegmentSet:
         self._live_ids: list[np.ndarray | None] = [None] * len(self.segments)
         self._fused: tuple[Any, list[int], int, int] | None = None
         self._fused_lock = threading.Lock()
-        from .sparse import BM25Tokenizer
+        from .analysis import BM25Tokenizer
 
         tok = self.segments[0].tokenizer if self.segments else {}
         self.tokenizer = BM25Tokenizer.from_dict(tok) if tok else BM25Tokenizer()

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from ...config import BM25Config
-from ..sparse import BM25Tokenizer, query_term_counts
+from ..analysis import BM25Tokenizer, query_term_counts
 
 TERM_HASH = "blake2b-32"
 """Name of the term id function, stored in the collection metadata and checked on open."""
@@ -86,7 +86,7 @@ class TermWeighter:
     def query(self, text: str) -> tuple[list[int], list[float]]:
         """Sparse query vector: sorted term ids with weight = how often the term occurs in the
         query. English words also query their other British/American spelling's stem with the
-        word's count (:func:`rag.index.sparse.query_term_counts`; a stem no chunk holds matches nothing)."""
+        word's count (:func:`rag.index.analysis.query_term_counts`; a stem no chunk holds matches nothing)."""
         counts = query_term_counts(self.tokenizer, text)
         if not counts:
             return [], []
