@@ -84,6 +84,13 @@ def normalize(scores: np.ndarray, norm: str = "zscore") -> np.ndarray:
     return (s - s.mean()) / s.std()
 
 
+def _run_starts(a: np.ndarray) -> np.ndarray:
+    """(n,) bool: True at the first element of each run of equal values of a sorted (n,) array."""
+    first = np.ones(a.size, dtype=bool)
+    first[1:] = a[1:] != a[:-1]
+    return first
+
+
 def convex(results: Sequence[tuple[np.ndarray, np.ndarray] | None], weights: Sequence[float],
            norm: str = "zscore") -> list[tuple[int, float]]:
     """Convex combination ``sum_i w_i * norm_i(score_i(d))`` (Bruch, Gai & Ingber 2023).
@@ -124,8 +131,7 @@ def convex(results: Sequence[tuple[np.ndarray, np.ndarray] | None], weights: Seq
             continue
         order = np.lexsort((-scores, ids))  # by id, best score first within an id
         ids, scores = ids[order], scores[order]
-        first = np.ones(ids.size, dtype=bool)
-        first[1:] = ids[1:] != ids[:-1]
+        first = _run_starts(ids)
         ids, raw = ids[first], scores[first]
         normed = normalize(raw, norm)
         missing = 0.0 if not raw.max() > raw.min() else float(normed.min())
@@ -134,9 +140,7 @@ def convex(results: Sequence[tuple[np.ndarray, np.ndarray] | None], weights: Seq
     if not present:
         return []
     all_ids = np.sort(np.concatenate([p[0] for p in present]))
-    keep = np.ones(all_ids.size, dtype=bool)
-    keep[1:] = all_ids[1:] != all_ids[:-1]
-    all_ids = all_ids[keep]  # np.unique, without its first-call import of numpy.ma (8 ms)
+    all_ids = all_ids[_run_starts(all_ids)]  # np.unique, without its first-call import of numpy.ma (8 ms)
     total = np.zeros(all_ids.size, dtype=np.float64)
     for p, w in zip(per_list, weights):
         if p is None:

@@ -51,14 +51,22 @@ def file_key(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     key = h.hexdigest()[:20]
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
-        tmp.write_text(key, encoding="ascii")
-        os.replace(tmp, memo)
-    except OSError:
-        pass  # a read-only cache only costs the hash next time
+    remember(memo, key)  # a read-only cache only costs the hash next time
     return key
+
+
+def remember(path: Path, text: str) -> bool:
+    """Write a small cache note ``text`` to ``path`` atomically (a temporary name beside it,
+    then ``os.replace``), making its folder; False when the cache cannot be written (the note
+    is only an optimisation, so callers go on without it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
 
 
 @contextmanager

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import struct
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from .onnx_embedding import MIN_EXPORT_COSINE, PROBE_TEXTS
 
 log = logging.getLogger("rag")
 
@@ -34,18 +35,14 @@ __all__ = ["MIN_COSINE", "NUMPY_ENCODER_VERSION", "NumpyBertEncoder", "checked",
 
 NUMPY_ENCODER_VERSION = 1
 """Bumped when the arithmetic changes, so an earlier agreement check is not trusted."""
-MIN_COSINE = 0.99999
+MIN_COSINE = MIN_EXPORT_COSINE
 """The encoder is used only if every probe text's vector has at least this cosine with the
-reference encoder's (the same bound the ONNX export is held to)."""
+reference encoder's (the bound the ONNX export is held to)."""
 MAX_ABS_DIFF = 1e-4
 """... and no component differs by more than this (float32 summation order alone gives ~1e-7)."""
-_PROBES = (
-    "What is the capital of France?",
-    "adler-32 checksum",
-    "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors.",
-    "Über naïve café façades: 東京 and مرحبا, 3.14 × 10^-2!",
-    " ".join(["Retrieval-augmented generation grounds answers in retrieved passages."] * 40),  # > 256 word pieces
-)
+_PROBES = PROBE_TEXTS + ("adler-32 checksum", "Über naïve café façades: 東京 and مرحبا, 3.14 × 10^-2!")
+"""The ONNX export's probes (a long one past 256 word pieces included), a short query and
+accented, CJK and Arabic text."""
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
@@ -248,12 +245,8 @@ def checked(encoder: NumpyBertEncoder, key: str, reference: Callable[[Sequence[s
     if not agrees:
         log.warning("numpy query encoder disagrees with the reference (cosine %.6f, max difference %.2e); "
                     "queries stay on the reference encoder", float(cos.min()), diff)
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(marker.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"agrees": agrees, "min_cosine": float(cos.min()), "max_abs_diff": diff}),
-                       encoding="utf-8")
-        os.replace(tmp, marker)
-    except OSError:
-        pass  # a read-only cache only costs the check next time
+    from .model_cache import remember
+
+    # a read-only cache only costs the check next time
+    remember(marker, json.dumps({"agrees": agrees, "min_cosine": float(cos.min()), "max_abs_diff": diff}))
     return agrees

@@ -34,7 +34,7 @@ from .model_cache import cache_dir, file_key
 log = logging.getLogger("rag")
 
 __all__ = [
-    "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "WORD_VECTORS_INPUT", "OnnxEncoder", "OnnxQueryEncoder",
+    "EXPORT_VERSION", "MIN_EXPORT_COSINE", "MIN_INT8_COSINE", "PROBE_TEXTS", "WORD_VECTORS_INPUT", "OnnxEncoder", "OnnxQueryEncoder",
     "cache_dir", "export", "make_split_graph", "onnxruntime_available", "plain_mean_pooling_model", "quantize_int8",
     "weights_file", "weights_key",
 ]
@@ -52,11 +52,12 @@ WORD_VECTORS_INPUT = "word_vectors"
 """Input of a split graph (:func:`make_split_graph`): (batch, tokens, dim) float32 rows of the
 word-embedding table for ``input_ids``, looked up by :class:`OnnxEncoder` from a memory-mapped
 ``.npy`` copy of the table."""
-_PROBES = (
+PROBE_TEXTS = (
     "What is the capital of France?",
     "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors.",
     " ".join(["Retrieval-augmented generation grounds answers in retrieved passages."] * 40),  # > 256 word pieces
 )
+"""Texts every derived encoder is checked on against its source (a long one past 256 word pieces)."""
 
 
 def onnxruntime_available() -> bool:
@@ -288,7 +289,7 @@ def export(st_model, folder: str | Path, target: Path, max_seq_length: int, norm
     with _EXPORT_LOCK:
         auto = st_model[0].auto_model.eval()
         try:  # the reference: PyTorch as it embeds (before the switch to eager attention for tracing)
-            ref = st_model.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            ref = st_model.encode(list(PROBE_TEXTS), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         except Exception as e:  # noqa: BLE001
             log.warning("could not export the embedder to ONNX (%s); using PyTorch", type(e).__name__)
             return None
@@ -319,7 +320,7 @@ def export(st_model, folder: str | Path, target: Path, max_seq_length: int, norm
                                   input_names=["input_ids", "attention_mask", "token_type_ids"],
                                   output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
             encoder = OnnxEncoder(Path(tmp), Path(folder) / "tokenizer.json", max_seq_length, normalize)
-            got = encoder.encode_batch(list(_PROBES))
+            got = encoder.encode_batch(list(PROBE_TEXTS))
             cos = _min_cosine(ref, got)
             if cos < MIN_EXPORT_COSINE:
                 log.warning("ONNX encoder disagrees with PyTorch (cosine %.6f); using PyTorch", cos)
@@ -395,7 +396,7 @@ def quantize_int8(fp32: OnnxEncoder, target: Path, batch_workers: int = 1) -> On
                                  op_types_to_quantize=["MatMul"])
             enc = OnnxEncoder(Path(tmp), fp32.tokenizer_json, fp32.max_seq_length, fp32.normalize,
                               batch_workers=batch_workers)
-            cos = _min_cosine(fp32.encode_batch(list(_PROBES)), enc.encode_batch(list(_PROBES)))
+            cos = _min_cosine(fp32.encode_batch(list(PROBE_TEXTS)), enc.encode_batch(list(PROBE_TEXTS)))
             if cos < MIN_INT8_COSINE:
                 log.warning("int8 embedder disagrees with fp32 (cosine %.4f); using fp32", cos)
                 return None
@@ -495,7 +496,7 @@ def make_split_graph(full: OnnxEncoder, graph_target: Path, table_target: Path) 
             enc = OnnxEncoder(Path(work) / graph_target.name, full.tokenizer_json, full.max_seq_length, full.normalize,
                               word_table=Path(tmp_table or table_target), optimized=True,
                               batch_workers=full.batch_workers)
-            probes = list(_PROBES)
+            probes = list(PROBE_TEXTS)
             cos = min(_min_cosine(full.encode_batch(probes), enc.encode_batch(probes)),
                       _min_cosine(np.stack([full.encode(t) for t in probes]), np.stack([enc.encode(t) for t in probes])))
             if cos < MIN_EXPORT_COSINE:
